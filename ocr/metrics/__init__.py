@@ -1,0 +1,14 @@
+"""Text-detection metrics: CLEval (competition metric) and ICDAR 2015 IoU matching."""
+
+from ocr.metrics.cleval import cleval_image_scores, pseudo_char_count
+from ocr.metrics.detection import DetectionEvaluator
+from ocr.metrics.iou import IoUCounts, iou_match, pooled_scores
+
+__all__ = [
+    "DetectionEvaluator",
+    "IoUCounts",
+    "cleval_image_scores",
+    "iou_match",
+    "pooled_scores",
+    "pseudo_char_count",
+]

@@ -1,0 +1,163 @@
+"""ICDAR 2015 style one-to-one IoU matching for text polygons.
+
+Mirrors ``evaluate_method`` of the ICDAR 2015 Challenge 4 (Task 4.1) evaluation script
+(``script.py`` on rrc.cvc.uab.es), detection only, without confidences:
+
+* A GT is don't-care when flagged in ``gt_ignore`` (transcription ``"###"``).
+* A detection is don't-care when, for some don't-care GT, ``area(gt & det) / area(det)`` is
+  strictly greater than ``dont_care_overlap`` (script: ``precision > AREA_PRECISION_CONSTRAINT``).
+  Don't-care GT and detections are excluded from the counts and never matched.
+* Matching is greedy in index order (``for gt i: for det j``): a pair matches when both are still
+  unmatched, neither is don't-care and ``IoU > iou_threshold`` (strict ``>``, as the script).
+* Per image (script's per-sample rule): with no care GT, recall = 1 and precision = 0 if there is a
+  care detection else 1; otherwise recall = matched / gt and precision = matched / det (0 without
+  detections); hmean = 0 when recall + precision = 0.
+* Over a data set (script's method rule, :func:`pooled_scores`): counts are summed over images;
+  recall = 0 without GT and precision = 0 without detections.
+
+Geometry uses shapely (invalid polygons are repaired with ``shapely.make_valid``); an axis-aligned
+bounding-box test skips the pairs that cannot intersect, so 100 x 100 polygons stay cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import shapely
+
+__all__ = ["IoUCounts", "as_polygons", "iou_match", "pooled_scores"]
+
+
+def _hmean(recall: float, precision: float) -> float:
+    return 0.0 if recall + precision == 0 else 2.0 * recall * precision / (recall + precision)
+
+
+@dataclass(frozen=True)
+class IoUCounts:
+    """Care counts of one image (or of several, pooled) and the matches between them."""
+
+    num_gt: int
+    num_det: int
+    num_matched: int
+
+    @property
+    def recall(self) -> float:
+        """Per-image recall (ICDAR15 per-sample rule: 1.0 when the image has no care GT)."""
+        return 1.0 if self.num_gt == 0 else self.num_matched / self.num_gt
+
+    @property
+    def precision(self) -> float:
+        """Per-image precision (no care GT: 0.0 with detections, 1.0 without)."""
+        if self.num_gt == 0:
+            return 0.0 if self.num_det > 0 else 1.0
+        return 0.0 if self.num_det == 0 else self.num_matched / self.num_det
+
+    @property
+    def hmean(self) -> float:
+        return _hmean(self.recall, self.precision)
+
+
+def pooled_scores(counts: Iterable[IoUCounts]) -> dict[str, float]:
+    """Data-set scores from per-image counts, as the ICDAR15 script's method-level result."""
+    num_gt = num_det = num_matched = 0
+    for c in counts:
+        num_gt += c.num_gt
+        num_det += c.num_det
+        num_matched += c.num_matched
+    recall = 0.0 if num_gt == 0 else num_matched / num_gt
+    precision = 0.0 if num_det == 0 else num_matched / num_det
+    return {"recall": recall, "precision": precision, "hmean": _hmean(recall, precision)}
+
+
+def as_polygons(polys: Sequence[np.ndarray] | np.ndarray | None) -> list[np.ndarray]:
+    """Normalise polygons to a list of float64 ``(N, 2)`` arrays."""
+    if polys is None:
+        return []
+    out = []
+    for p in polys:
+        arr = np.asarray(p, dtype=np.float64).reshape(-1, 2)
+        out.append(arr)
+    return out
+
+
+def _as_flags(flags: Sequence[bool] | np.ndarray | None, n: int) -> np.ndarray:
+    if flags is None:
+        return np.zeros(n, dtype=bool)
+    arr = np.asarray(flags, dtype=bool).reshape(-1)
+    if arr.shape[0] != n:
+        raise ValueError(f"expected {n} don't-care flags, got {arr.shape[0]}")
+    return arr
+
+
+def _to_geoms(polys: list[np.ndarray]) -> np.ndarray:
+    # Fewer than 3 points cannot enclose area; an empty polygon keeps indices aligned.
+    geoms = [shapely.Polygon(p) if len(p) >= 3 else shapely.Polygon() for p in polys]
+    arr = np.array(geoms, dtype=object)
+    if len(arr) == 0:
+        return arr
+    invalid = ~shapely.is_valid(arr)
+    if invalid.any():
+        arr[invalid] = shapely.make_valid(arr[invalid])
+    return arr
+
+
+def _intersection_areas(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dense ``(len(a), len(b))`` intersection areas, computed only where bounding boxes overlap."""
+    inter = np.zeros((len(a), len(b)), dtype=np.float64)
+    if len(a) == 0 or len(b) == 0:
+        return inter
+    ba, bb = shapely.bounds(a), shapely.bounds(b)  # (n, 4): minx, miny, maxx, maxy; NaN if empty
+    overlap = (
+        (ba[:, None, 0] <= bb[None, :, 2])
+        & (bb[None, :, 0] <= ba[:, None, 2])
+        & (ba[:, None, 1] <= bb[None, :, 3])
+        & (bb[None, :, 1] <= ba[:, None, 3])
+    )
+    ii, jj = np.nonzero(overlap)
+    if len(ii):
+        inter[ii, jj] = shapely.area(shapely.intersection(a[ii], b[jj]))
+    return inter
+
+
+def iou_match(
+    gt_polys: Sequence[np.ndarray] | np.ndarray | None,
+    det_polys: Sequence[np.ndarray] | np.ndarray | None,
+    gt_ignore: Sequence[bool] | np.ndarray | None = None,
+    iou_threshold: float = 0.5,
+    dont_care_overlap: float = 0.5,
+) -> IoUCounts:
+    """Match detections to GT one-to-one for one image (ICDAR 2015 rules, see module doc)."""
+    gts = _to_geoms(as_polygons(gt_polys))
+    dets = _to_geoms(as_polygons(det_polys))
+    gt_dc = _as_flags(gt_ignore, len(gts))
+
+    det_dc = np.zeros(len(dets), dtype=bool)
+    if gt_dc.any() and len(dets):
+        det_area = shapely.area(dets)
+        inter_dc = _intersection_areas(gts[gt_dc], dets)  # (num_dc_gt, num_det)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            frac = np.where(det_area[None, :] > 0, inter_dc / det_area[None, :], 0.0)
+        det_dc = (frac > dont_care_overlap).any(axis=0)
+
+    num_gt = int((~gt_dc).sum())
+    num_det = int((~det_dc).sum())
+    matched = 0
+    if num_gt and num_det:
+        inter = _intersection_areas(gts, dets)
+        union = shapely.area(gts)[:, None] + shapely.area(dets)[None, :] - inter
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = np.where(union > 0, inter / union, 0.0)
+        ok = iou > iou_threshold
+        ok[gt_dc, :] = False
+        ok[:, det_dc] = False
+        det_used = np.zeros(len(dets), dtype=bool)
+        # Same outcome as the script's double loop: row i takes its first free candidate j.
+        for i in np.flatnonzero(ok.any(axis=1)):
+            for j in np.flatnonzero(ok[i]):
+                if not det_used[j]:
+                    det_used[j] = True
+                    matched += 1
+                    break
+    return IoUCounts(num_gt=num_gt, num_det=num_det, num_matched=matched)

@@ -1,0 +1,45 @@
+"""timm backbone as a multi-scale feature extractor."""
+
+from __future__ import annotations
+
+import os
+
+import timm
+import torch
+from torch import nn
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights could not be fetched; the message says what to do instead."""
+
+
+class TimmEncoder(nn.Module):
+    """Any timm model that supports ``features_only``.
+
+    Keeps the (up to) four deepest feature levels with stride >= 4, so ResNets, ConvNeXts,
+    MobileNets and EfficientNets all give strides 4, 8, 16, 32. Channels and strides are read
+    from timm's ``feature_info``: swapping ``model_name`` needs no other setting.
+    """
+
+    def __init__(self, model_name: str = "resnet18", pretrained: bool = False, num_levels: int = 4, **timm_kwargs):
+        super().__init__()
+        try:
+            self.model = timm.create_model(model_name, pretrained=pretrained, features_only=True, **timm_kwargs)
+        except Exception as error:  # hub/network errors come in many types
+            if not pretrained:
+                raise
+            offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+            raise PretrainedWeightsError(
+                f"could not load pretrained weights for timm model {model_name!r}{offline}: {error}. "
+                "Train from scratch with models.encoder.pretrained=false, or make the weights available "
+                "in the Hugging Face cache (see the timm docs)."
+            ) from error
+        reductions = self.model.feature_info.reduction()
+        usable = [i for i, r in enumerate(reductions) if r >= 4]
+        self.indices = usable[-num_levels:]
+        self.channels = [self.model.feature_info.channels()[i] for i in self.indices]
+        self.strides = [reductions[i] for i in self.indices]
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        features = self.model(images)
+        return [features[i] for i in self.indices]

@@ -1,0 +1,67 @@
+"""DB loss: balanced BCE (3:1 hard negatives) on the probability map, masked L1 on the
+threshold map and dice on the binary map. Computed in float32 from logits so it is safe
+under mixed precision."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def balanced_bce_with_logits(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, negative_ratio: float, eps: float) -> torch.Tensor:
+    positive = target * mask
+    negative = (1.0 - target) * mask
+    positive_count = int(positive.sum().item())
+    negative_count = min(int(negative.sum().item()), int(positive_count * negative_ratio))
+    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    positive_loss = (loss * positive).sum()
+    negative_loss = loss * negative
+    if negative_count > 0:
+        negative_loss = torch.topk(negative_loss.flatten(), negative_count).values.sum()
+    else:
+        negative_loss = negative_loss.sum() * 0.0
+    return (positive_loss + negative_loss) / (positive_count + negative_count + eps)
+
+
+def masked_l1(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, eps: float) -> torch.Tensor:
+    return (torch.abs(prediction - target) * mask).sum() / (mask.sum() + eps)
+
+
+def dice_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, eps: float) -> torch.Tensor:
+    intersection = (prediction * target * mask).sum()
+    union = (prediction * mask).sum() + (target * mask).sum() + eps
+    return 1.0 - 2.0 * intersection / union
+
+
+class DBLoss(nn.Module):
+    def __init__(
+        self,
+        prob_map_loss_weight: float = 5.0,
+        thresh_map_loss_weight: float = 10.0,
+        binary_map_loss_weight: float = 1.0,
+        negative_ratio: float = 3.0,
+        eps: float = 1e-6,
+    ):
+        super().__init__()
+        self.prob_weight = prob_map_loss_weight
+        self.thresh_weight = thresh_map_loss_weight
+        self.binary_weight = binary_map_loss_weight
+        self.negative_ratio = negative_ratio
+        self.eps = eps
+
+    def forward(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        shrink_map, shrink_mask = batch["shrink_map"].float(), batch["shrink_mask"].float()
+        prob_logits = outputs["prob_logits"].float().squeeze(1)
+        loss_prob = balanced_bce_with_logits(prob_logits, shrink_map, shrink_mask, self.negative_ratio, self.eps)
+        losses = {"loss_prob": loss_prob}
+        total = self.prob_weight * loss_prob
+        if "thresh_logits" in outputs:
+            threshold = torch.sigmoid(outputs["thresh_logits"].float().squeeze(1))
+            loss_thresh = masked_l1(threshold, batch["threshold_map"].float(), batch["threshold_mask"].float(), self.eps)
+            binary = torch.sigmoid(outputs["binary_logits"].float().squeeze(1))
+            loss_binary = dice_loss(binary, shrink_map, shrink_mask, self.eps)
+            losses.update(loss_thresh=loss_thresh, loss_binary=loss_binary)
+            total = total + self.thresh_weight * loss_thresh + self.binary_weight * loss_binary
+        losses["loss"] = total
+        return losses

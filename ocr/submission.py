@@ -1,0 +1,119 @@
+"""Prediction outputs: the UFO-style JSON and the competition CSV ``filename,polygons``.
+
+CSV rows hold one image each; a polygon is its integer coordinates joined by spaces
+(``x1 y1 x2 y2 ...``) and polygons are joined by ``|``. The CSV is validated before it is
+written so a broken submission is never produced.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+
+class SubmissionError(ValueError):
+    """A submission that would be rejected; the message names the image and the problem."""
+
+
+def to_integer_polygon(polygon: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Round to integer pixels inside the image; vertices that collapse together are merged."""
+    points = np.clip(np.round(np.asarray(polygon, dtype=np.float64)), 0, [width - 1, height - 1]).astype(np.int64)
+    keep = np.ones(len(points), dtype=bool)
+    keep[1:] = np.any(points[1:] != points[:-1], axis=1)
+    if len(points) > 1 and np.all(points[-1] == points[0]):
+        keep[-1] = False
+    return points[keep]
+
+
+def format_polygons(polygons: Iterable[np.ndarray]) -> str:
+    return "|".join(" ".join(str(int(v)) for v in polygon.reshape(-1)) for polygon in polygons)
+
+
+def parse_polygons(field: str) -> list[np.ndarray]:
+    if not field.strip():
+        return []
+    return [np.asarray([float(v) for v in part.split()], dtype=np.float64).reshape(-1, 2) for part in field.split("|")]
+
+
+def validate_submission(rows: dict[str, str], expected: dict[str, tuple[int, int]]) -> None:
+    """Every expected image present once; each polygon >= 4 points of finite integers inside its image."""
+    missing = sorted(set(expected) - set(rows))
+    if missing:
+        raise SubmissionError(f"submission is missing {len(missing)} image(s), e.g. {missing[:3]}")
+    unknown = sorted(set(rows) - set(expected))
+    if unknown:
+        raise SubmissionError(f"submission has images that were not predicted: {unknown[:3]}")
+    for name, field in rows.items():
+        width, height = expected[name]
+        for k, part in enumerate(field.split("|") if field.strip() else []):
+            values = part.split()
+            where = f"image {name!r}, polygon {k}"
+            if len(values) % 2 or len(values) < 8:
+                raise SubmissionError(f"{where}: needs at least 4 (x, y) points, got {len(values)} numbers")
+            for value in values:
+                if not value.lstrip("-").isdigit():
+                    raise SubmissionError(f"{where}: coordinate {value!r} is not an integer")
+            coords = np.asarray([int(v) for v in values]).reshape(-1, 2)
+            if not all(math.isfinite(v) for v in coords.ravel()):
+                raise SubmissionError(f"{where}: non-finite coordinate")
+            if coords.min() < 0 or coords[:, 0].max() > width - 1 or coords[:, 1].max() > height - 1:
+                raise SubmissionError(f"{where}: coordinates outside the {width}x{height} image")
+
+
+def build_rows(predictions: Sequence[dict]) -> tuple[dict[str, str], dict[str, tuple[int, int]]]:
+    """``predictions``: dicts with ``name``, ``raw_size`` (w, h) and ``polygons``."""
+    rows: dict[str, str] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+    for prediction in predictions:
+        width, height = prediction["raw_size"]
+        polygons = [to_integer_polygon(p, width, height) for p in prediction["polygons"]]
+        rows[prediction["name"]] = format_polygons(p for p in polygons if len(p) >= 4)
+        sizes[prediction["name"]] = (width, height)
+    return rows, sizes
+
+
+def write_submission_csv(path: str | Path, predictions: Sequence[dict], expected_images: Iterable[str] | None = None) -> Path:
+    rows, sizes = build_rows(predictions)
+    if expected_images is not None:
+        expected = set(expected_images)
+        missing = sorted(expected - set(rows))
+        if missing:
+            raise SubmissionError(f"no prediction for {len(missing)} image(s), e.g. {missing[:3]}")
+    validate_submission(rows, sizes)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["filename", "polygons"])
+        for name in sorted(rows):
+            writer.writerow([name, rows[name]])
+    return path
+
+
+def read_submission_csv(path: str | Path) -> dict[str, list[np.ndarray]]:
+    with Path(path).open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames != ["filename", "polygons"]:
+            raise SubmissionError(f"{path}: header must be 'filename,polygons', got {reader.fieldnames}")
+        return {row["filename"]: parse_polygons(row["polygons"] or "") for row in reader}
+
+
+def write_predictions_json(path: str | Path, predictions: Sequence[dict]) -> Path:
+    images = {}
+    for prediction in predictions:
+        width, height = prediction["raw_size"]
+        words = {}
+        for k, polygon in enumerate(prediction["polygons"]):
+            points = to_integer_polygon(polygon, width, height)
+            if len(points) >= 4:
+                words[f"{len(words) + 1:04d}"] = {"points": points.tolist()}
+        images[prediction["name"]] = {"img_w": width, "img_h": height, "words": words}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"images": images}, ensure_ascii=False), encoding="utf-8")
+    return path
