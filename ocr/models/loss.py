@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def balanced_bce_with_logits(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, negative_ratio: float, eps: float) -> torch.Tensor:
+def balanced_bce_with_logits(
+    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, negative_ratio: float, eps: float
+) -> torch.Tensor:
     positive = target * mask
     negative = (1.0 - target) * mask
     positive_count = int(positive.sum().item())

@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from ocr.config import register_resolvers
+from ocr.run import build_datamodule, build_model, build_module
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+PRESETS = sorted(p.stem for p in Path(CONFIG_DIR, "preset").glob("*.yaml"))
+
+register_resolvers()
+
+
+def compose_config(name="train", overrides=()):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides), return_hydra_config=False)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("name", ["train", "test", "predict"])
+def test_every_preset_composes_and_builds(name, preset):
+    overrides = [f"preset={preset}"] + (["checkpoint_path=x.ckpt"] if name != "train" else [])
+    cfg = compose_config(name, overrides)
+    assert cfg.image_size > 0 and cfg.models.encoder.model_name
+    module = build_module(cfg)
+    datamodule = build_datamodule(cfg)
+    assert datamodule.eval_resize.image_size == cfg.image_size
+    assert module.postprocess.thresh == cfg.models.postprocess.thresh
+
+
+def test_image_size_drives_every_resize_and_crop():
+    cfg = compose_config("train", ["image_size=1024"])
+    datamodule = build_datamodule(cfg)
+    steps = datamodule.train_augment.pipeline.transforms
+    assert datamodule.eval_resize.image_size == 1024
+    assert steps[0].image_size == 1024
+    crop = [t for t in steps if type(t).__name__ == "TextAwareRandomCrop"][0]
+    assert crop.height == crop.width == cfg.crop_size and cfg.crop_size % 32 == 0 and cfg.crop_size > 384
+
+
+@pytest.mark.parametrize("backbone", ["resnet50", "convnext_tiny", "mobilenetv3_large_100", "efficientnet_b0"])
+def test_backbone_swap_needs_no_other_override(backbone):
+    cfg = compose_config("train", [f"models.encoder.model_name={backbone}"])
+    model = build_model(cfg.models).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 64, 96), with_threshold=True)
+    assert out["prob_logits"].shape == (1, 1, 64, 96)
+    assert out["binary_logits"].shape == (1, 1, 64, 96)
+    assert model.encoder.strides == [4, 8, 16, 32]
+
+
+def test_asf_decoder_switch():
+    cfg = compose_config("train", ["models.decoder.use_asf=true"])
+    model = build_model(cfg.models)
+    assert model.decoder.asf is not None
+    assert model(torch.zeros(1, 3, 64, 64))["prob_logits"].shape == (1, 1, 64, 64)
+
+
+def test_optimizer_is_partial_and_scheduler_gets_total_steps():
+    cfg = compose_config("train")
+    optimizer = instantiate(cfg.models.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))])
+    scheduler = instantiate(cfg.models.scheduler)(optimizer=optimizer, total_steps=100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] < lrs[cfg.models.scheduler.warmup_steps] and lrs[-1] < 0.05 * max(lrs)

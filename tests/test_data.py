@@ -1,0 +1,175 @@
+import json
+import logging
+
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ocr.data.annotations import AnnotationError, load_samples
+from ocr.data.dataset import ImageReadError, ReceiptDataset, collate_receipts
+from ocr.data.geometry import EXIF_ORIENTATION_TAG, exif_to_upright, upright_to_exif
+from ocr.data.transforms import PolygonAugment, ResizeForEval, ScaleLongSide, TextAwareRandomCrop
+from tests.helpers import rect, write_split
+
+
+# -- annotations and bad input --------------------------------------------------------
+def test_loads_polygons_and_dont_care(tmp_path):
+    words = {"0001": {"points": rect(10, 10, 60, 30), "transcription": "TOTAL"}, "0002": {"points": rect(70, 10, 120, 30), "transcription": "###"}}
+    image_dir, json_path = write_split(tmp_path, "train", {"a.jpg": {"words": words}})
+    (sample,) = load_samples(image_dir, json_path)
+    assert sample.annotated and sample.ignore == [False, True] and sample.texts == ["TOTAL", "###"]
+    np.testing.assert_array_equal(sample.polygons[0], np.array(rect(10, 10, 60, 30)))
+
+
+def test_missing_image_names_the_file(tmp_path):
+    image_dir, json_path = write_split(tmp_path, "train", {"a.jpg": {"words": {}}})
+    (image_dir / "a.jpg").unlink()
+    with pytest.raises(AnnotationError, match=r"a\.jpg.*not found"):
+        load_samples(image_dir, json_path)
+    assert load_samples(image_dir, json_path, missing_image="skip") == []
+
+
+def test_malformed_json_names_the_file(tmp_path):
+    image_dir, json_path = write_split(tmp_path, "train", {"a.jpg": {"words": {}}})
+    json_path.write_text('{"images": {"a.jpg": ')
+    with pytest.raises(AnnotationError, match=r"train\.json: malformed JSON"):
+        load_samples(image_dir, json_path)
+    json_path.write_text('{"pictures": {}}')
+    with pytest.raises(AnnotationError, match=r'train\.json: expected .*"images"'):
+        load_samples(image_dir, json_path)
+
+
+@pytest.mark.parametrize(
+    "points, problem",
+    [([[1, 1], [5, 5]], "at least 3 points"), ([[1, 1], [5, float("nan")], [9, 9], [1, 9]], "NaN"), ([1, 2, 3], "pairs"), ("x", "numbers|pairs")],
+)
+def test_invalid_polygon_is_a_logged_skip_or_an_error(tmp_path, caplog, points, problem):
+    words = {"0001": {"points": rect(10, 10, 60, 30)}, "0002": {"points": points}}
+    image_dir, json_path = write_split(tmp_path, "train", {"a.jpg": {"words": words}})
+    with caplog.at_level(logging.WARNING):
+        (sample,) = load_samples(image_dir, json_path)
+    assert len(sample.polygons) == 1
+    assert "'0002'" in caplog.text and "a.jpg" in caplog.text
+    with pytest.raises(AnnotationError, match=problem):
+        load_samples(image_dir, json_path, invalid_polygon="error")
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    image_dir, json_path = write_split(tmp_path, "train", {"a.jpg": {"words": {}}})
+    (image_dir / "a.jpg").write_bytes(b"not a jpeg")
+    dataset = ReceiptDataset(image_dir, json_path, resize=ResizeForEval(128))
+    with pytest.raises(ImageReadError, match=r"a\.jpg: cannot read image"):
+        dataset[0]
+
+
+def test_unannotated_split_lists_images(tmp_path):
+    image_dir, _ = write_split(tmp_path, "test", {"b.jpg": {"words": {}}, "a.jpg": {"words": {}}})
+    dataset = ReceiptDataset(image_dir, None, resize=ResizeForEval(128))
+    assert not dataset.annotated and [s.name for s in dataset.samples] == ["a.jpg", "b.jpg"]
+    assert "shrink_map" not in dataset[0]
+
+
+# -- EXIF -------------------------------------------------------------------------------
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_moves_polygons_with_the_image(tmp_path, orientation):
+    raw = np.full((60, 100, 3), 255, np.uint8)
+    raw[10:20, 70:90] = 0  # a dark word in the stored frame
+    path = tmp_path / "images" / "train" / "r.jpg"
+    path.parent.mkdir(parents=True)
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION_TAG] = orientation
+    Image.fromarray(raw).save(path, exif=exif, quality=100)
+    json_path = tmp_path / "train.json"
+    json_path.write_text(json.dumps({"images": {"r.jpg": {"words": {"1": {"points": rect(70, 10, 89, 19)}}}}}))
+    dataset = ReceiptDataset(path.parent, json_path, resize=ResizeForEval(100, multiple=1))
+    item = dataset[0]
+    image = item["image"].numpy().transpose(1, 2, 0)
+    polygon = exif_to_upright(np.array(rect(70, 10, 89, 19), float), orientation, (100, 60))
+    x0, y0 = polygon.min(axis=0).astype(int)
+    x1, y1 = polygon.max(axis=0).astype(int)
+    assert image[y0 : y1 + 1, x0 : x1 + 1].mean() < 40  # the polygon sits on the dark word
+    assert item["shrink_map"][y0 : y1 + 1, x0 : x1 + 1].sum() > 0
+    np.testing.assert_allclose(upright_to_exif(polygon, orientation, (100, 60)), rect(70, 10, 89, 19))
+
+
+# -- augmentation keeps polygons whole ---------------------------------------------------
+def _polygons():
+    return [np.array(rect(x, y, x + 40, y + 12), float) for x in (10, 80, 150) for y in (10, 50, 90, 130)]
+
+
+def test_large_shift_clips_and_removes_polygons_without_mixing_points():
+    image = np.zeros((160, 200, 3), np.uint8)
+    polygons = _polygons()
+    shift = A.Affine(translate_px={"x": 120, "y": 0}, p=1.0)
+    out_image, out, ignore = PolygonAugment([shift])(image, polygons, [False] * len(polygons))
+    # x shifted by 120: boxes at 10..50 land at 130..170 (kept), the others leave the frame
+    assert len(out) == 4
+    for polygon in out:
+        assert polygon[:, 0].min() >= 130 - 1e-6 and polygon[:, 0].max() <= 170 + 1e-6
+    straddle = A.Affine(translate_px={"x": 170, "y": 0}, p=1.0)
+    _, out, _ = PolygonAugment([straddle])(image, polygons, [False] * len(polygons))
+    assert len(out) == 4  # 10..50 -> 180..220: clipped at 199
+    for polygon in out:
+        assert polygon[:, 0].max() <= 199 and polygon[:, 0].min() >= 180 - 1e-6
+
+
+def test_rotate_scale_keeps_each_polygon_its_own_points():
+    image = np.zeros((160, 200, 3), np.uint8)
+    polygons = _polygons()
+    augment = PolygonAugment([A.Affine(rotate=(-30, 30), scale=(0.5, 2.0), translate_percent=(-0.3, 0.3), p=1.0)])
+    for _ in range(20):
+        out_image, out, _ = augment(image, polygons, [False] * len(polygons))
+        h, w = out_image.shape[:2]
+        for polygon in out:
+            assert polygon[:, 0].min() >= 0 and polygon[:, 0].max() <= w - 1
+            assert polygon[:, 1].min() >= 0 and polygon[:, 1].max() <= h - 1
+            # a word's points stay a (possibly clipped) rectangle-ish shape of bounded size:
+            # borrowing a vertex from another word would stretch it across the image
+            side = np.linalg.norm(np.diff(np.vstack([polygon, polygon[:1]]), axis=0), axis=1).max()
+            assert side <= 2.0 * 40 * 1.05 + 1
+
+
+def test_vertices_stay_with_their_polygon_under_rotation():
+    image = np.zeros((300, 300, 3), np.uint8)
+    polygons = [np.array(rect(100, 100, 140, 112), float), np.array(rect(160, 180, 200, 192), float)]
+    augment = PolygonAugment([A.Affine(rotate=(90, 90), p=1.0)])
+    _, out, _ = augment(image, polygons, [False, True])
+    assert len(out) == 2
+    centre = np.array([149.5, 149.5])
+    for source, moved in zip(polygons, out):
+        # a 90 degree rotation about the centre maps the source centroid onto the moved centroid
+        c = source.mean(axis=0) - centre
+        rotated = np.array([[c[1], -c[0]], [-c[1], c[0]]]) + centre
+        assert min(np.linalg.norm(moved.mean(axis=0) - r) for r in rotated) < 2.0
+
+
+def test_training_pipeline_gives_fixed_size_crops_with_text():
+    image = np.full((700, 450, 3), 255, np.uint8)
+    polygons = [np.array(rect(20, y, 200, y + 16), float) for y in range(20, 680, 30)]
+    augment = PolygonAugment([ScaleLongSide(640, (0.8, 1.2)), TextAwareRandomCrop(384, 384)])
+    for _ in range(5):
+        out_image, out, _ = augment(image, polygons, [False] * len(polygons))
+        assert out_image.shape == (384, 384, 3) and len(out) > 0
+
+
+def test_eval_resize_is_a_multiple_of_32_and_invertible():
+    resize = ResizeForEval(640)
+    image = np.zeros((1000, 463, 3), np.uint8)
+    out, polygons, scale = resize(image, [np.array(rect(10, 10, 100, 40), float)])
+    assert out.shape[0] % 32 == 0 and out.shape[1] % 32 == 0 and out.shape[0] == 640
+    np.testing.assert_allclose(polygons[0] / np.array(scale), rect(10, 10, 100, 40))
+    short = ResizeForEval(960, mode="short_side", long_side_cap=1600)
+    assert short.target_size(463, 1000) == (736, 1600)  # the long-side cap wins
+    assert short.target_size(800, 1000) == (960, 1216)  # short side reaches 960
+
+
+def test_collate_pads_to_a_multiple_of_32(tmp_path):
+    words = {"0001": {"points": rect(10, 10, 60, 30)}}
+    image_dir, json_path = write_split(tmp_path, "val", {"a.jpg": {"words": words}, "b.jpg": {"words": words}})
+    dataset = ReceiptDataset(image_dir, json_path, resize=ResizeForEval(100, multiple=1))
+    batch = collate_receipts([dataset[0], dataset[1]])
+    assert batch["image"].shape == (2, 3, 64, 128) and batch["image"].dtype == torch.uint8
+    assert batch["shrink_mask"][:, 60:, :].sum() == 0  # padding is outside the loss
+    assert batch["valid_size"] == [(100, 60), (100, 60)]

@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+from shapely.geometry import Polygon
+
+from ocr.data.geometry import exif_to_upright
+from ocr.data.targets import make_db_targets
+from ocr.postprocess import DBPostProcessor
+
+
+def rect(x0, y0, x1, y1):
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=float)
+
+
+def iou(a, b):
+    pa, pb = Polygon(a), Polygon(b)
+    return pa.intersection(pb).area / pa.union(pb).area
+
+
+def best_iou(polygon, candidates):
+    return max(iou(polygon, c) for c in candidates)
+
+
+# Word-sized boxes. Unclipping by A * ratio / L only inverts DBNet's shrink for one aspect
+# ratio at a time; 2.0 inverts it for these (tuned ratios for real outputs come from val).
+WORDS = [rect(20, 20, 140, 44), rect(160, 20, 230, 44), rect(20, 70, 110, 96), rect(40, 130, 120, 152)]
+UNCLIP = 2.0
+
+
+@pytest.mark.parametrize("use_polygon", [False, True])
+def test_round_trip_from_ground_truth_shrink_map(use_polygon):
+    shrink_map = make_db_targets((180, 320), WORDS)["shrink_map"]
+    postprocess = DBPostProcessor(box_thresh=0.5, use_polygon=use_polygon, box_unclip_ratio=UNCLIP, polygon_unclip_ratio=UNCLIP)
+    detections = postprocess(shrink_map)
+    assert len(detections.polygons) == len(WORDS)
+    for word in WORDS:
+        assert best_iou(word, detections.polygons) > 0.8
+    assert all(score == pytest.approx(1.0) for score in detections.scores)
+
+
+def test_maps_back_to_original_pixels_and_clips():
+    # network input was the original scaled by (0.5, 0.25)
+    scale = (0.5, 0.25)
+    shrink_map = make_db_targets((180, 320), WORDS)["shrink_map"]
+    detections = DBPostProcessor(box_thresh=0.5, box_unclip_ratio=UNCLIP)(shrink_map, scale=scale, raw_size=(640, 720))
+    for word in WORDS:
+        original = word / np.array(scale)
+        assert best_iou(original, detections.polygons) > 0.8
+    for polygon in detections.polygons:
+        assert polygon[:, 0].max() <= 639 and polygon[:, 1].max() <= 719 and polygon.min() >= 0
+
+
+def test_polygons_are_clipped_to_the_image():
+    shrink_map = make_db_targets((100, 200), [rect(2, 2, 120, 26)])["shrink_map"]
+    detections = DBPostProcessor(box_thresh=0.5, box_unclip_ratio=3.0)(shrink_map, raw_size=(200, 100))
+    assert len(detections.polygons) == 1
+    assert detections.polygons[0].min() == 0  # grown past the edge, clipped back
+
+
+def test_exif_rotated_image_maps_back_to_stored_frame():
+    raw_size = (320, 180)  # stored image; orientation 6 shows it rotated to 180 x 320
+    word_raw = rect(20, 70, 130, 94)
+    word_upright = exif_to_upright(word_raw, 6, raw_size)
+    shrink_map = make_db_targets((320, 180), [word_upright])["shrink_map"]
+    detections = DBPostProcessor(box_thresh=0.5, box_unclip_ratio=UNCLIP)(shrink_map, raw_size=raw_size, orientation=6)
+    assert len(detections.polygons) == 1
+    assert iou(word_raw, detections.polygons[0]) > 0.8
+
+
+def test_keeps_the_best_candidates_not_the_first_found():
+    prob = np.zeros((200, 200), dtype=np.float32)
+    prob[10:30, 10:60] = 0.65  # found first (top of the image), weakest
+    prob[100:120, 10:60] = 0.95
+    prob[150:170, 10:60] = 0.9
+    detections = DBPostProcessor(thresh=0.3, box_thresh=0.5, max_candidates=2)(prob)
+    assert sorted(round(s, 2) for s in detections.scores) == [0.9, 0.95]
+    assert all(p[:, 1].min() > 80 for p in detections.polygons)
+
+
+def test_box_thresh_filters_weak_regions():
+    prob = np.zeros((100, 100), dtype=np.float32)
+    prob[10:30, 10:60] = 0.5
+    assert DBPostProcessor(thresh=0.3, box_thresh=0.6)(prob).polygons == []
+    assert len(DBPostProcessor(thresh=0.3, box_thresh=0.4)(prob).polygons) == 1

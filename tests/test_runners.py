@@ -1,0 +1,102 @@
+"""The real runners, end to end, on a tiny synthetic receipt set (fast_dev_run and a short fit)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ocr.submission import read_submission_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_runner(script: str, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "runners" / script), *overrides],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    common = [
+        f"datasets.synthetic.root={root / 'data'}",
+        "datasets.synthetic.num_train=4",
+        "datasets.synthetic.num_val=2",
+        "datasets.synthetic.num_test=3",
+        "datasets.num_workers=0",
+        "datasets.batch_size=2",
+        "datasets.eval_batch_size=2",
+        "image_size=256",
+        "models.decoder.inner_channels=64",
+    ]
+    return root, common
+
+
+def test_train_fast_dev_run(tiny):
+    root, common = tiny
+    result = run_runner("train.py", "exp_name=fdr", f"output_dir={root / 'fdr'}", "trainer.fast_dev_run=true", *common)
+    assert "Generated 9 synthetic receipts" in result.stderr + result.stdout
+    assert (root / "fdr" / "config.yaml").is_file()
+    assert (root / "fdr" / "submissions" / "submission.csv").is_file()
+
+
+@pytest.fixture(scope="module")
+def trained(tiny):
+    root, common = tiny
+    out = root / "fit"
+    run_runner(
+        "train.py", "exp_name=fit", f"output_dir={out}", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+        "trainer.log_every_n_steps=1", *common,
+    )
+    return out
+
+
+def test_short_fit_writes_checkpoints_logs_and_a_valid_submission(trained, tiny):
+    root, _ = tiny
+    checkpoints = sorted(p.name for p in (trained / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in checkpoints and any(name.startswith("epoch000-hmean") for name in checkpoints)
+    with (trained / "logs" / "train" / "metrics.csv").open() as handle:
+        columns = next(csv.reader(handle))
+    for name in ("train/loss", "val/hmean", "val/recall", "val/precision", "val/iou_hmean", "test/hmean"):
+        assert name in columns
+    rows = read_submission_csv(trained / "submissions" / "submission.csv")
+    truth = json.loads((root / "data" / "jsons" / "test.json").read_text())["images"]
+    assert set(rows) == set(truth)  # every test image present
+    predictions = json.loads((trained / "submissions" / "submission.json").read_text())["images"]
+    assert set(predictions) == set(truth)
+
+
+def test_test_and_predict_runners_from_a_checkpoint(trained, tiny):
+    root, common = tiny
+    checkpoint = next((trained / "checkpoints").glob("epoch*.ckpt"))
+    run_runner("test.py", f"checkpoint_path={checkpoint}", f"output_dir={root / 'test'}", "trainer.fast_dev_run=true", *common)
+    # the architecture comes from the checkpoint even when the command line says otherwise
+    run_runner(
+        "predict.py", f"checkpoint_path={checkpoint}", f"output_dir={root / 'pred'}",
+        *common, "models.decoder.inner_channels=256",
+    )
+    rows = read_submission_csv(root / "pred" / "submissions" / "submission.csv")
+    assert len(rows) == 3
+    for polygons in rows.values():
+        for polygon in polygons:
+            assert polygon.shape[0] >= 4 and polygon.shape[1] == 2
+
+
+def test_checkpoint_name_with_equals_sign_needs_quoting(trained, tiny):
+    root, common = tiny
+    source = next((trained / "checkpoints").glob("epoch*.ckpt"))
+    renamed = trained / "checkpoints" / "epoch=0-step=2.ckpt"
+    renamed.write_bytes(source.read_bytes())
+    run_runner(
+        "predict.py", f"checkpoint_path='{renamed}'", f"output_dir={root / 'quoted'}", "trainer.fast_dev_run=true", *common
+    )
+    assert (root / "quoted" / "submissions" / "submission.csv").is_file()

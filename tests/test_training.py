@@ -1,0 +1,75 @@
+"""Loss and optimisation on real (synthetic) receipts: finite, and falling on an overfit."""
+
+import numpy as np
+import torch
+
+from ocr.data.dataset import collate_receipts
+from ocr.data.synthetic import render_receipt
+from ocr.data.targets import make_db_targets
+from ocr.data.transforms import ResizeForEval
+from ocr.run import build_module
+from tests.test_configs import compose_config
+
+
+def two_receipts(size=512):
+    items = []
+    resize = ResizeForEval(size)
+    for seed in (1, 2):
+        image, words = render_receipt(seed, degrade=False)
+        polygons = [np.asarray(w["points"], float) for w in words]
+        image, polygons, scale = resize(np.asarray(image), polygons)
+        item = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))}
+        item.update({k: torch.from_numpy(v) for k, v in make_db_targets(image.shape[:2], polygons).items()})
+        for key, value in (("name", f"r{seed}"), ("raw_size", (0, 0)), ("orientation", 1), ("scale", scale)):
+            item[key] = value
+        item.update(gt_polygons=polygons, gt_ignore=np.zeros(len(polygons), bool), gt_texts=[None] * len(polygons))
+        items.append(item)
+    return collate_receipts(items)
+
+
+def test_loss_is_finite_and_falls_when_overfitting_two_receipts():
+    torch.manual_seed(0)
+    cfg = compose_config("train", ["models.decoder.inner_channels=64"])
+    module = build_module(cfg)
+    batch = two_receipts()
+    assert batch["shrink_map"].sum() > 1000  # the words are big enough to be targets
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+    module.train()
+    history = []
+    for _ in range(30):
+        losses = module.loss(module(batch["image"], with_threshold=True), batch)
+        assert all(torch.isfinite(v) for v in losses.values())
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+        history.append({k: float(v.detach()) for k, v in losses.items()})
+    first, last = history[0], np.mean([h["loss"] for h in history[-3:]])
+    assert last < 0.7 * first["loss"], [round(h["loss"], 3) for h in history]
+    assert np.mean([h["loss_prob"] for h in history[-3:]]) < first["loss_prob"]
+    assert np.mean([h["loss_binary"] for h in history[-3:]]) < first["loss_binary"]
+
+
+def test_loss_is_safe_under_bf16_autocast():
+    cfg = compose_config("train", ["models.decoder.inner_channels=64"])
+    module = build_module(cfg)
+    batch = two_receipts(128)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = module(batch["image"], with_threshold=True)
+    losses = module.loss(outputs, batch)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+
+
+def test_hard_negative_mining_ratio():
+    from ocr.models.loss import balanced_bce_with_logits
+
+    target = torch.zeros(1, 10, 10)
+    target[0, 0, :2] = 1  # 2 positives -> at most 6 negatives count
+    mask = torch.ones_like(target)
+    logits = torch.full_like(target, -5.0)
+    logits[0, 5, :6] = 5.0  # the 6 hardest negatives
+    logits[0, 0, :2] = 5.0
+    loss = balanced_bce_with_logits(logits, target, mask, negative_ratio=3.0, eps=1e-6)
+    bce_pos = torch.nn.functional.softplus(torch.tensor(-5.0))
+    bce_hard = torch.nn.functional.softplus(torch.tensor(5.0))
+    expected = (2 * bce_pos + 6 * bce_hard) / 8
+    assert torch.isclose(loss, expected, atol=1e-5)
