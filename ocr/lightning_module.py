@@ -87,11 +87,12 @@ class DBNetModule(L.LightningModule):
                 )
         return detections
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluation_step(batch, "val")
+    # detections are returned so callbacks (e.g. W&B media) see them in on_*_batch_end
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> list[Detections]:
+        return self._evaluation_step(batch, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluation_step(batch, "test")
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> list[Detections]:
+        return self._evaluation_step(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         detections = self.decode(self(batch["image"], with_threshold=False)["prob_logits"], batch)

@@ -1,6 +1,6 @@
 """Text-detection metrics: CLEval (competition metric) and ICDAR 2015 IoU matching."""
 
-from ocr.metrics.cleval import cleval_image_scores, pseudo_char_count
+from ocr.metrics.cleval import cleval_image_scores, cleval_image_scores_reference, pseudo_char_count
 from ocr.metrics.detection import DetectionEvaluator
 from ocr.metrics.iou import IoUCounts, iou_match, pooled_scores
 
@@ -8,6 +8,7 @@ __all__ = [
     "DetectionEvaluator",
     "IoUCounts",
     "cleval_image_scores",
+    "cleval_image_scores_reference",
     "iou_match",
     "pooled_scores",
     "pseudo_char_count",
