@@ -15,11 +15,13 @@ def make_page(width: int, height: int, num_words: int, seed: int = 0) -> tuple[n
     rng = np.random.default_rng(seed)
     image = np.full((height, width, 3), 235, np.uint8)
     polygons: list[np.ndarray] = []
-    line_height = max(18, int(height / max(np.sqrt(num_words * height / width * 0.35), 1)))
+    words_per_line = max(width / (85.0 + 25.0), 1.0)  # mean word width + gap
+    lines = int(np.ceil(num_words / words_per_line))
+    line_height = max(26, int(height / max(lines, 1)))
     y = 4.0
     while len(polygons) < num_words:
         x = float(rng.uniform(0, 20))
-        word_h = float(rng.uniform(14, min(24, line_height - 2)))
+        word_h = float(rng.uniform(14, min(24, line_height - 6)))
         while x < width - 20 and len(polygons) < num_words:
             word_w = float(rng.uniform(30, 140))
             angle = np.deg2rad(rng.uniform(-3, 3)) if rng.random() < 0.3 else 0.0

@@ -81,3 +81,24 @@ def test_box_thresh_filters_weak_regions():
     prob[10:30, 10:60] = 0.5
     assert DBPostProcessor(thresh=0.3, box_thresh=0.6)(prob).polygons == []
     assert len(DBPostProcessor(thresh=0.3, box_thresh=0.4)(prob).polygons) == 1
+
+
+@pytest.mark.parametrize("use_polygon", [False, True])
+def test_same_output_as_the_reference_implementation(use_polygon):
+    import cv2
+
+    from benchmarks.pages import make_page
+    from benchmarks.reference_postprocess import ReferenceDBPostProcessor
+
+    for seed, (width, height, words) in enumerate([(640, 640, 110), (960, 1600, 440)]):
+        _, polygons = make_page(width, height, words, seed=seed)
+        prob = cv2.GaussianBlur(make_db_targets((height, width), polygons)["shrink_map"], (5, 5), 1.5)
+        prob += np.random.default_rng(seed).uniform(0, 0.25, prob.shape).astype(np.float32)  # weak noise blobs
+        options = dict(use_polygon=use_polygon, box_thresh=0.5, max_candidates=300)
+        for scale, raw_size, orientation in [((1.0, 1.0), None, 1), ((0.5, 0.8), (height * 2, int(width / 0.8)), 6)]:
+            ours = DBPostProcessor(**options)(prob, scale=scale, raw_size=raw_size, orientation=orientation)
+            reference = ReferenceDBPostProcessor(**options)(prob, scale=scale, raw_size=raw_size, orientation=orientation)
+            assert len(ours.polygons) == len(reference.polygons) > 100
+            assert ours.scores == pytest.approx(reference.scores, abs=1e-12)
+            for a, b in zip(ours.polygons, reference.polygons):
+                np.testing.assert_array_equal(a, b)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ocr.data.targets import TargetConfig, make_db_targets, polygon_offset_distance
+from ocr.data.targets import TargetConfig, make_db_targets, offset_distances
 
 
 def rect(x0, y0, x1, y1):
@@ -12,7 +12,7 @@ def test_rectangle_shrink_and_threshold_values():
     polygon = rect(20, 20, 120, 50)  # 100 x 30
     maps = make_db_targets((100, 160), [polygon])
     distance = 100 * 30 * (1 - 0.4**2) / 260
-    assert polygon_offset_distance(polygon, 0.4) == pytest.approx(distance)
+    assert offset_distances([polygon], 0.4)[0] == pytest.approx(distance)
     # the shrunk kernel is the rectangle inset by D on every side (rounded corners aside)
     kernel_area = (100 - 2 * distance) * (30 - 2 * distance)
     assert maps["shrink_map"].sum() == pytest.approx(kernel_area, rel=0.1)
@@ -79,3 +79,42 @@ def test_overlapping_polygons_take_the_max_threshold():
     only_a = make_db_targets((70, 150), [a])["threshold_map"]
     only_b = make_db_targets((70, 150), [b])["threshold_map"]
     np.testing.assert_allclose(both, np.maximum(only_a, only_b), atol=1e-7)
+
+
+def random_polygons(rng, count, width, height):
+    polygons = []
+    for _ in range(count):
+        kind = rng.integers(0, 6)
+        cx, cy = rng.uniform(-20, width + 20), rng.uniform(-20, height + 20)  # some cross the border
+        w, h = rng.uniform(2, 120), rng.uniform(2, 40)
+        if kind == 0:  # degenerate: zero area
+            polygons.append(np.array([[cx, cy], [cx + w, cy], [cx + 2 * w, cy], [cx + w / 2, cy]]))
+            continue
+        if kind == 1:  # many-point polygon
+            angles = np.sort(rng.uniform(0, 2 * np.pi, rng.integers(5, 12)))
+            polygons.append(np.stack([cx + w * np.cos(angles), cy + h * np.sin(angles)], axis=1))
+            continue
+        if kind == 2:  # self-intersecting bow tie
+            polygons.append(np.array([[cx, cy], [cx + w, cy + h], [cx + w, cy], [cx, cy + h]]))
+            continue
+        angle = rng.uniform(-np.pi / 4, np.pi / 4) if kind == 3 else 0.0  # rotated or axis-aligned
+        corners = np.array([[-w, -h], [w, -h], [w, h], [-w, h]]) / 2
+        rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        polygons.append(corners @ rotation.T + [cx, cy])
+    return polygons
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_identical_to_the_straightforward_reference(seed):
+    from benchmarks.reference_targets import reference_db_targets
+
+    rng = np.random.default_rng(seed)
+    height, width = [(120, 200), (333, 257), (640, 640)][seed % 3]
+    polygons = random_polygons(rng, 60, width, height)  # dense: many overlap
+    ignore = rng.random(len(polygons)) < 0.15
+    config = TargetConfig(shrink_ratio=rng.uniform(0.3, 0.7), min_text_size=rng.choice([3.0, 8.0]))
+    ours = make_db_targets((height, width), polygons, ignore, config)
+    reference = reference_db_targets((height, width), polygons, ignore, config)
+    for key in ours:
+        assert np.abs(ours[key] - reference[key]).max() <= 1e-6, key
+    assert ours["shrink_map"].sum() > 0 and (ours["shrink_mask"] == 0).sum() > 0

@@ -1,0 +1,74 @@
+"""Plain geometry shared by the data pipeline, post-processing and submissions."""
+
+from __future__ import annotations
+
+import numpy as np
+from shapely.geometry import MultiPolygon, Polygon, box
+
+EXIF_ORIENTATION_TAG = 0x0112
+
+
+def exif_to_upright(points: np.ndarray, orientation: int, raw_size: tuple[int, int]) -> np.ndarray:
+    """Map points from the stored JPEG frame to the frame PIL's ``exif_transpose`` shows.
+
+    ``raw_size`` is the stored (width, height); pixel centres sit on integer coordinates,
+    so a flip maps ``x`` to ``width - 1 - x``.
+    """
+    w, h = raw_size
+    x, y = points[..., 0], points[..., 1]
+    mapping = {
+        1: (x, y),
+        2: (w - 1 - x, y),
+        3: (w - 1 - x, h - 1 - y),
+        4: (x, h - 1 - y),
+        5: (y, x),
+        6: (h - 1 - y, x),
+        7: (h - 1 - y, w - 1 - x),
+        8: (y, w - 1 - x),
+    }
+    nx, ny = mapping.get(orientation, (x, y))
+    return np.stack([nx, ny], axis=-1).astype(np.float64)
+
+
+def upright_to_exif(points: np.ndarray, orientation: int, raw_size: tuple[int, int]) -> np.ndarray:
+    """Inverse of :func:`exif_to_upright` (predictions back to the stored JPEG frame)."""
+    w, h = raw_size
+    u, v = points[..., 0], points[..., 1]
+    mapping = {
+        1: (u, v),
+        2: (w - 1 - u, v),
+        3: (w - 1 - u, h - 1 - v),
+        4: (u, h - 1 - v),
+        5: (v, u),
+        6: (v, h - 1 - u),
+        7: (w - 1 - v, h - 1 - u),
+        8: (w - 1 - v, u),
+    }
+    nx, ny = mapping.get(orientation, (u, v))
+    return np.stack([nx, ny], axis=-1).astype(np.float64)
+
+
+def upright_size(orientation: int, raw_size: tuple[int, int]) -> tuple[int, int]:
+    w, h = raw_size
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def clip_polygon_to_frame(polygon: np.ndarray, width: int, height: int, min_area: float = 1.0) -> np.ndarray | None:
+    """Clip a polygon to ``[0, width-1] x [0, height-1]``.
+
+    Returns the polygon unchanged when it is inside, the clipped outline when it crosses the
+    border, and ``None`` when nothing (or only a sliver under ``min_area``) is left. A polygon
+    cut in several pieces keeps its largest piece.
+    """
+    xmax, ymax = width - 1, height - 1
+    if polygon[:, 0].min() >= 0 and polygon[:, 1].min() >= 0 and polygon[:, 0].max() <= xmax and polygon[:, 1].max() <= ymax:
+        return polygon
+    shape = Polygon(polygon)
+    if not shape.is_valid:
+        shape = shape.buffer(0)
+    clipped = shape.intersection(box(0, 0, xmax, ymax))
+    if isinstance(clipped, MultiPolygon):
+        clipped = max(clipped.geoms, key=lambda g: g.area)
+    if not isinstance(clipped, Polygon) or clipped.is_empty or clipped.area < min_area:
+        return None
+    return np.asarray(clipped.exterior.coords[:-1], dtype=np.float64)
