@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.pages import make_page  # noqa: E402
+from benchmarks.reference_postprocess import ReferenceDBPostProcessor  # noqa: E402
 from benchmarks.reference_targets import reference_db_targets  # noqa: E402
 from ocr.data.targets import make_db_targets  # noqa: E402
 
@@ -96,9 +97,12 @@ def main() -> None:
 
         # a probability map like a trained model's: the GT kernels, blurred
         prob = cv2.GaussianBlur(make_db_targets(shape, polygons)["shrink_map"], (5, 5), 1.5)
-        found = postprocess(prob)
+        boxes = max(len(postprocess(prob).polygons), 1)
         post_ms = timed(lambda: postprocess(prob), repeats)
-        add(f"post-processing ({len(found.polygons)} boxes)", label, f"{post_ms:.1f} ms/image, {post_ms / max(len(found.polygons), 1):.3f} ms/box")
+        before = ReferenceDBPostProcessor(**{k: getattr(postprocess, k) for k in postprocess.__dataclass_fields__})
+        before_ms = timed(lambda: before(prob), repeats)
+        add(f"post-processing ({boxes} boxes)", label, f"{post_ms:.1f} ms/image, {post_ms / boxes:.4f} ms/box")
+        add("post-processing, first version (reference)", label, f"{before_ms:.1f} ms/image, {before_ms / boxes:.4f} ms/box")
 
     # metrics on 100 GT x 100 detections
     _, gt = make_page(1024, 1024, 100, seed=1)

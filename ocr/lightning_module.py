@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Any, Callable
 
@@ -79,13 +80,21 @@ class DBNetModule(L.LightningModule):
         if has_targets:
             losses = self.loss(outputs, batch)
             self.log_dict({f"{stage}/{k}": v for k, v in losses.items()}, batch_size=batch_size, sync_dist=True)
-        detections = self.decode(outputs["prob_logits"], batch)
+        # named profiler sections: `trainer.profiler=simple` shows what post-processing and
+        # metrics cost next to the network
+        with self._profile("postprocess"):
+            detections = self.decode(outputs["prob_logits"], batch)
         if has_targets:
-            for i, found in enumerate(detections):
-                self.evaluator.update(
-                    batch["name"][i], batch["gt_polygons"][i], found.polygons, batch["gt_ignore"][i], batch["gt_texts"][i]
-                )
+            with self._profile("metrics"):
+                for i, found in enumerate(detections):
+                    self.evaluator.update(
+                        batch["name"][i], batch["gt_polygons"][i], found.polygons, batch["gt_ignore"][i], batch["gt_texts"][i]
+                    )
         return detections
+
+    def _profile(self, action: str):
+        trainer = self._trainer
+        return trainer.profiler.profile(f"[DBNetModule]{action}") if trainer is not None else contextlib.nullcontext()
 
     # detections are returned so callbacks (e.g. W&B media) see them in on_*_batch_end
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> list[Detections]:
