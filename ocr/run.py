@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,22 @@ from ocr.data.datamodule import ReceiptDataModule
 from ocr.lightning_module import DBNetModule
 from ocr.models.dbnet import DBNet
 from ocr.submission import write_predictions_json, write_submission_csv
+from ocr.tracking.artifacts import (
+    fetch_model_artifact,
+    is_artifact_reference,
+    log_predictions_artifact,
+    model_reference,
+    use_local_checkpoint,
+)
+from ocr.tracking.callbacks import (
+    CheckpointRunInfo,
+    PredictionCollector,
+    ThroughputMonitor,
+    WandbBestSummary,
+    WandbEvaluationMedia,
+    WandbRunSetup,
+)
+from ocr.tracking.wandb_setup import active_run, finish_wandb
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +66,37 @@ def build_datamodule(cfg: DictConfig) -> ReceiptDataModule:
 
 
 def build_loggers(cfg: DictConfig, job_type: str) -> list[Logger]:
+    """W&B (``wandb=true``; configs/logger/wandb.yaml) or a local CSV logger."""
     output_dir = Path(cfg.output_dir)
     if cfg.get("wandb"):
-        from lightning.pytorch.loggers import WandbLogger
+        from ocr.tracking.wandb_setup import build_wandb_logger
 
         options = OmegaConf.to_container(cfg.logger.wandb, resolve=True)
-        mode = options.pop("mode", None)
-        if mode:
-            os.environ["WANDB_MODE"] = str(mode)
-        return [WandbLogger(save_dir=str(output_dir), job_type=job_type, **options)]
+        return [build_wandb_logger(options, job_type, save_dir=options.get("save_dir") or output_dir)]
     return [CSVLogger(save_dir=str(output_dir), name="logs", version=job_type)]
+
+
+def tracking_callbacks(cfg: DictConfig, job_type: str, job: dict[str, Any] | None = None) -> list[Callback]:
+    """Throughput / gradient norm and run info in checkpoints (training, any logger); with
+    ``wandb=true`` also config + system info, best/summary and validation/test media."""
+    callbacks: list[Callback] = [ThroughputMonitor(), CheckpointRunInfo()] if job_type == "train" else []
+    if not cfg.get("wandb"):
+        return callbacks
+    options = OmegaConf.to_container(cfg.logger.wandb, resolve=True)
+    callbacks.append(WandbRunSetup(job={"job_type": job_type, **(job or {})}, watch=options.get("watch") or {}))
+    if job_type == "train":
+        callbacks.append(WandbBestSummary(monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode))
+    media = options.get("media") or {}
+    if job_type in ("train", "test", "rescore"):
+        callbacks.append(
+            WandbEvaluationMedia(
+                num_images=media.get("num_images", 8),
+                max_side=media.get("max_side", 1024),
+                table=media.get("table", True),
+                test_prefix=str((job or {}).get("split", "test")),
+            )
+        )
+    return callbacks
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Logger]) -> L.Trainer:
@@ -107,11 +143,23 @@ def save_resolved_config(cfg: DictConfig, name: str) -> Path:
 def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     save_resolved_config(cfg, "config.yaml")
+    loggers = build_loggers(cfg, "train")
+    status = 1
+    try:
+        metrics = _train(cfg, loggers)
+        status = 0
+        return metrics
+    finally:
+        finish_wandb(loggers, exit_code=status)
+
+
+def _train(cfg: DictConfig, loggers: list[Logger]) -> dict[str, float]:
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
     checkpoint_callback = _checkpoint_callback(cfg)
     callbacks: list[Callback] = [checkpoint_callback, LearningRateMonitor(logging_interval="step"), RichProgressBar()]
-    trainer = build_trainer(cfg, callbacks, build_loggers(cfg, "train"))
+    callbacks += tracking_callbacks(cfg, "train")
+    trainer = build_trainer(cfg, callbacks, loggers)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
@@ -128,46 +176,142 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.info("Test split has no annotations: skipping scoring")
     if cfg.get("predict_after_fit"):
         predictions = trainer.predict(module, datamodule=datamodule, ckpt_path=best)
-        write_submission(cfg, datamodule, predictions, partial=bool(trainer.fast_dev_run))
+        paths = write_submission(cfg, datamodule, predictions, partial=bool(trainer.fast_dev_run))
+        reference = {"checkpoint_path": str(best) if best else "in-memory weights (fast_dev_run)"}
+        _log_predictions(cfg, loggers, paths, predictions, "predict", "predict", reference)
     return metrics
 
 
-def test(cfg: DictConfig) -> dict[str, float]:
+def _load_for_evaluation(cfg: DictConfig, loggers: list[Logger]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checkpoint of ``cfg.checkpoint_path`` (a file, or ``wandb:<entity>/<project>/<name>:<alias>``
+    fetched from W&B) with its architecture put into ``cfg.models``, and what the run records
+    about it. With W&B the run is linked to the model artifact it used."""
+    run = active_run(loggers) if cfg.get("wandb") else None
+    artifact = None
+    if is_artifact_reference(cfg.checkpoint_path):
+        path, artifact = fetch_model_artifact(str(cfg.checkpoint_path), run, Path(cfg.output_dir) / "artifacts")
+        cfg.checkpoint_path = str(path)
     checkpoint = load_checkpoint_into(cfg)
+    if run is not None and artifact is None:
+        artifact = use_local_checkpoint(run, cfg.checkpoint_path, checkpoint)
+    return checkpoint, model_reference(cfg.checkpoint_path, checkpoint, artifact)
+
+
+def _log_predictions(
+    cfg: DictConfig,
+    loggers: list[Logger],
+    paths: dict[str, Path],
+    batches: list[list[dict]],
+    split: str,
+    kind: str,
+    reference: dict[str, Any],
+    metrics: dict[str, float] | None = None,
+) -> None:
+    if not cfg.get("wandb"):
+        return
+    predictions = [item for batch in batches for item in batch]
+    metadata = {
+        "split": split,
+        "num_images": len(predictions),
+        "num_polygons": sum(len(p["polygons"]) for p in predictions),
+        "postprocess": OmegaConf.to_container(cfg.models.postprocess, resolve=True),
+        "image_size": cfg.image_size,
+        "backbone": cfg.models.encoder.model_name,
+        **reference,
+        **(metrics or {}),
+    }
+    log_predictions_artifact(active_run(loggers), paths, metadata, kind)
+
+
+def test(cfg: DictConfig, split: str = "test", job_type: str = "test") -> dict[str, float]:
+    """Score a checkpoint on ``split`` (the test split; ``rescore`` uses val). With W&B: its own
+    run (job_type ``test``), linked to the model artifact, predictions uploaded as an artifact."""
+    loggers = build_loggers(cfg, job_type)
+    status = 1
+    try:
+        results = _test(cfg, loggers, split, job_type)
+        status = 0
+        return results
+    finally:
+        finish_wandb(loggers, exit_code=status)
+
+
+def _test(cfg: DictConfig, loggers: list[Logger], split: str, job_type: str) -> dict[str, float]:
+    checkpoint, reference = _load_for_evaluation(cfg, loggers)
     datamodule = build_datamodule(cfg)
+    if split != "test":  # score another split through the test path
+        datamodule.prepare_data()
+        datamodule.datasets["test"] = datamodule.make_dataset(split)
     module = build_module(cfg)
     module.load_state_dict(checkpoint["state_dict"])
-    trainer = build_trainer(cfg, [RichProgressBar()], build_loggers(cfg, "test"))
+    collector = PredictionCollector()
+    callbacks = [RichProgressBar(), collector, *tracking_callbacks(cfg, job_type, {"split": split, **reference})]
+    trainer = build_trainer(cfg, callbacks, loggers)
     datamodule.setup("test")
     if not datamodule.datasets["test"].annotated:
-        raise ValueError("the test split has no annotations to score against; use runners/predict.py")
+        raise ValueError(f"the {split} split has no annotations to score against; use runners/predict.py")
     results = trainer.test(module, datamodule=datamodule)
-    return {k: float(v) for k, v in (results[0] if results else {}).items()}
+    scores = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    run = active_run(loggers) if cfg.get("wandb") else None
+    if split != "test" and run is not None:
+        # the scores are of `split`: name them so in the summary too (a sweep optimises val/hmean)
+        run.summary.update({f"{split}/{k.split('/', 1)[1]}": v for k, v in scores.items() if k.startswith("test/")})
+    if cfg.get("save_predictions", True):
+        partial = bool(trainer.fast_dev_run) or cfg.trainer.get("limit_test_batches") is not None
+        paths = write_submission(cfg, datamodule, collector.batches, partial=partial, split="test", name=f"{split}_predictions")
+        _log_predictions(cfg, loggers, paths, collector.batches, split, job_type, reference, scores)
+    return scores
+
+
+def rescore(cfg: DictConfig) -> dict[str, float]:
+    """Re-score one checkpoint on the validation split (``cfg.split``) with the post-processing
+    settings of the command line, without retraining: one W&B run (job_type ``rescore``) per call,
+    so a W&B sweep can search thresh / box_thresh / unclip ratios / use_polygon."""
+    return test(cfg, split=cfg.get("split", "val"), job_type="rescore")
 
 
 def predict(cfg: DictConfig) -> dict[str, Path]:
-    checkpoint = load_checkpoint_into(cfg)
+    loggers = build_loggers(cfg, "predict")
+    status = 1
+    try:
+        paths = _predict(cfg, loggers)
+        status = 0
+        return paths
+    finally:
+        finish_wandb(loggers, exit_code=status)
+
+
+def _predict(cfg: DictConfig, loggers: list[Logger]) -> dict[str, Path]:
+    checkpoint, reference = _load_for_evaluation(cfg, loggers)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
     module.load_state_dict(checkpoint["state_dict"])
-    trainer = build_trainer(cfg, [RichProgressBar()], build_loggers(cfg, "predict"))
+    callbacks = [RichProgressBar(), *tracking_callbacks(cfg, "predict", reference)]
+    trainer = build_trainer(cfg, callbacks, loggers)
     predictions = trainer.predict(module, datamodule=datamodule)
     partial = bool(trainer.fast_dev_run) or cfg.trainer.get("limit_predict_batches") is not None
-    return write_submission(cfg, datamodule, predictions, partial=partial)
+    paths = write_submission(cfg, datamodule, predictions, partial=partial)
+    _log_predictions(cfg, loggers, paths, predictions, "predict", "predict", reference)
+    return paths
 
 
 def write_submission(
-    cfg: DictConfig, datamodule: ReceiptDataModule, batches: list[list[dict]], partial: bool = False
+    cfg: DictConfig,
+    datamodule: ReceiptDataModule,
+    batches: list[list[dict]],
+    partial: bool = False,
+    split: str = "predict",
+    name: str | None = None,
 ) -> dict[str, Path]:
     """Write the JSON and the validated CSV. ``partial`` (a fast_dev_run or a limited run)
     skips the every-image-present check, with a warning."""
     predictions = [item for batch in batches for item in batch]
-    expected = [sample.name for sample in datamodule.datasets["predict"].samples]
+    expected = [sample.name for sample in datamodule.datasets[split].samples]
     if partial:
         log.warning("Partial prediction run: the submission holds %d of %d images", len(predictions), len(expected))
         expected = None
     folder = Path(cfg.output_dir) / "submissions"
-    name = cfg.get("submission_name", "submission")
+    name = name or cfg.get("submission_name", "submission")
     paths = {
         "json": write_predictions_json(folder / f"{name}.json", predictions),
         "csv": write_submission_csv(folder / f"{name}.csv", predictions, expected_images=expected),

@@ -13,13 +13,14 @@ W&B-specific (they act only when a W&B run is active, on rank zero): :class:`Wan
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 import subprocess
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 import numpy as np
@@ -104,6 +105,22 @@ def _scalar(value: Any) -> float | None:
     return None
 
 
+def _never_fail(what: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """W&B extras must not stop training: a failure is logged as a warning."""
+
+    def decorate(function: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> None:
+            try:
+                function(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001
+                log.warning("W&B: %s failed (%s: %s); training goes on", what, type(error).__name__, error, exc_info=True)
+
+        return wrapper
+
+    return decorate
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, (np.integer, np.bool_)):
         return int(value)
@@ -130,7 +147,9 @@ class ThroughputMonitor(Callback):
         self._epoch_start = self._last = time.perf_counter()
         self._epoch_time = None
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         now = time.perf_counter()
         if self._last is not None:
             size = int(batch["image"].shape[0]) if isinstance(batch, dict) and "image" in batch else 0
@@ -151,7 +170,8 @@ class ThroughputMonitor(Callback):
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # validation inside fit runs at the end of the training epoch: stop the clock there
-        if trainer.state.fn == "fit" and not trainer.sanity_checking and self._epoch_start is not None and self._epoch_time is None:
+        in_fit = trainer.state.fn == "fit" and not trainer.sanity_checking
+        if in_fit and self._epoch_start is not None and self._epoch_time is None:
             self._epoch_time = time.perf_counter() - self._epoch_start
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -218,6 +238,7 @@ class WandbRunSetup(Callback):
         self._configured = False
         self._watching = False
 
+    @_never_fail("logging the run config")
     def _start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         run = active_run(trainer.loggers)
         if run is None:
@@ -271,8 +292,8 @@ class WandbBestSummary(Callback):
     """``best/val_hmean`` and ``best/epoch`` (history and summary: a sweep can optimise
     ``best/val_hmean``), ``total_training_time`` (seconds of ``fit``) in the run summary."""
 
-    def __init__(self, monitor: str = "val/hmean") -> None:
-        self.monitor = monitor
+    def __init__(self, monitor: str = "val/hmean", mode: str = "max") -> None:
+        self.monitor, self.mode = monitor, mode
         self.best: float | None = None
         self.best_epoch: int | None = None
         self._fit_start: float | None = None
@@ -280,6 +301,7 @@ class WandbBestSummary(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_start = time.perf_counter()
 
+    @_never_fail("logging the best score")
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
@@ -287,10 +309,10 @@ class WandbBestSummary(Callback):
         run = active_run(trainer.loggers)
         if value is None or run is None:
             return
-        if self.best is None or value > self.best:
+        if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
             self.best, self.best_epoch = value, trainer.current_epoch
         key = "best/" + self.monitor.replace("/", "_")
-        run.log({key: self.best, "best/epoch": self.best_epoch, "epoch": trainer.current_epoch, "trainer/global_step": trainer.global_step})
+        run.log({key: self.best, "best/epoch": self.best_epoch, "epoch": trainer.current_epoch})
         run.summary[key] = self.best
         run.summary["best/epoch"] = self.best_epoch
 
@@ -338,7 +360,8 @@ class WandbEvaluationMedia(Callback):
     ``<stage>/examples``, and a ``wandb.Table`` ``<stage>/per_image`` of per-image recall,
     precision, hmean and box counts for every scored image, worst first."""
 
-    def __init__(self, num_images: int = 8, max_side: int = 1024, table: bool = True) -> None:
+    def __init__(self, num_images: int = 8, max_side: int = 1024, table: bool = True, test_prefix: str = "test") -> None:
+        self.test_prefix = test_prefix  # rescore scores the val split through the test loop: "val"
         self.num_images = int(num_images)
         self.max_side = int(max_side)
         self.table = bool(table)
@@ -369,8 +392,9 @@ class WandbEvaluationMedia(Callback):
             self._log(trainer, pl_module, "val", "val")
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._log(trainer, pl_module, "test", "test")
+        self._log(trainer, pl_module, self.test_prefix, "test")
 
+    @_never_fail("logging evaluation media")
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str, split: str) -> None:
         run = active_run(trainer.loggers)
         if run is None:
@@ -392,7 +416,8 @@ class WandbEvaluationMedia(Callback):
                 log.warning("W&B media: cannot draw %s: %s", name, error)
                 continue
             row = by_id.get(name, {})
-            caption = f"{name}: hmean {row.get('hmean', float('nan')):.3f}, GT {len(gts)}, predicted {len(found)} (green GT, red predictions)"
+            score = row.get("hmean", float("nan"))
+            caption = f"{name}: hmean {score:.3f}, GT {len(gts)}, predicted {len(found)} (green GT, red predictions)"
             images.append(wandb.Image(picture, caption=caption))
         if images:
             data[f"{stage}/examples"] = images
@@ -402,6 +427,6 @@ class WandbEvaluationMedia(Callback):
                 table.add_data(str(row["image_id"]), *(_plain(row.get(column)) for column in TABLE_COLUMNS[1:]))
             data[f"{stage}/per_image"] = table
         if data:
-            data.update({"epoch": trainer.current_epoch, "trainer/global_step": trainer.global_step})
+            data.update({"epoch": trainer.current_epoch})
             run.log(data)
         self._samples = []

@@ -155,9 +155,7 @@ def scrub_secrets(value: Any) -> Any:
     somehow appears in a value) masked."""
     key = os.environ.get("WANDB_API_KEY")
     if isinstance(value, dict):
-        return {
-            k: scrub_secrets(v) for k, v in value.items() if not any(part in str(k).lower() for part in SECRET_KEY_PARTS)
-        }
+        return {k: scrub_secrets(v) for k, v in value.items() if not any(part in str(k).lower() for part in SECRET_KEY_PARTS)}
     if isinstance(value, (list, tuple)):
         return type(value)(scrub_secrets(v) for v in value)
     if isinstance(value, str) and key and key in value:
@@ -177,6 +175,8 @@ class TrackedWandbLogger(WandbLogger):
 
     def __init__(self, *args: Any, fallback: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)  # wandb 0.31 warns about the setting even when unset
         self._fallback = fallback
         self.fell_back_offline = False
 
@@ -201,7 +201,6 @@ class TrackedWandbLogger(WandbLogger):
                 wandb.finish(exit_code=1, quiet=True)
             self._experiment = None
             self._wandb_init["mode"] = "offline"
-            os.environ["WANDB_MODE"] = "offline"
             self.fell_back_offline = True
             return super().experiment
 
@@ -210,6 +209,8 @@ class TrackedWandbLogger(WandbLogger):
         return self._wandb_init.get("mode") == "disabled"
 
     def _scan_and_log_checkpoints(self, checkpoint_callback: ModelCheckpoint) -> None:
+        if self.is_disabled:
+            return  # W&B off: do not copy checkpoints into wandb's staging directory for nothing
         import wandb
 
         for timestamp, path, score, _ in _scan_checkpoints(checkpoint_callback, self._logged_model_time):
@@ -223,10 +224,13 @@ class TrackedWandbLogger(WandbLogger):
                 metadata.setdefault(checkpoint_callback.monitor, metadata["score"])
             if not self._checkpoint_name:
                 self._checkpoint_name = f"model-{self.experiment.id}"
-            artifact = wandb.Artifact(name=self._checkpoint_name, type="model", metadata=metadata)
-            artifact.add_file(path, name="model.ckpt", policy=self.add_file_policy)
             aliases = ["latest", "best"] if path == checkpoint_callback.best_model_path else ["latest"]
-            self.experiment.log_artifact(artifact, aliases=aliases)
+            try:
+                artifact = wandb.Artifact(name=self._checkpoint_name, type="model", metadata=metadata)
+                artifact.add_file(path, name="model.ckpt", policy=self.add_file_policy)
+                self.experiment.log_artifact(artifact, aliases=aliases)
+            except Exception as error:  # noqa: BLE001  (the checkpoint is on disk: never fail the job for W&B)
+                log.warning("W&B: could not log checkpoint %s as a model artifact: %s", path, error)
             self._logged_model_time[path] = timestamp
 
 
@@ -259,7 +263,7 @@ def checkpoint_metadata(path: str | Path, checkpoint: dict[str, Any] | None = No
 
 def wandb_options(cfg_wandb: dict[str, Any]) -> dict[str, Any]:
     """The keys of ``configs/logger/wandb.yaml`` that go to ``WandbLogger`` / ``wandb.init``."""
-    passed = ("project", "entity", "name", "group", "tags", "notes", "log_model", "save_dir", "checkpoint_name")
+    passed = ("project", "entity", "name", "group", "tags", "notes", "id", "log_model", "save_dir", "checkpoint_name")
     options = {k: cfg_wandb.get(k) for k in passed if cfg_wandb.get(k) is not None}
     if "tags" in options:
         options["tags"] = [str(tag) for tag in options["tags"]]
@@ -272,12 +276,9 @@ def build_wandb_logger(cfg_wandb: dict[str, Any], job_type: str, save_dir: str |
     import wandb
 
     fallback = bool(cfg_wandb.get("offline_fallback", True))
-    mode, reason = choose_mode(
-        cfg_wandb.get("mode"), fallback=fallback, probe_timeout=float(cfg_wandb.get("probe_timeout", 5))
-    )
+    mode, reason = choose_mode(cfg_wandb.get("mode"), fallback=fallback, probe_timeout=float(cfg_wandb.get("probe_timeout", 5)))
     if reason:
         log.warning(reason)  # the one warning of a fallback
-    os.environ["WANDB_MODE"] = mode  # DDP workers and wandb's own checks see the same mode
     options = {"save_dir": str(save_dir), **wandb_options(cfg_wandb)}
     Path(options["save_dir"]).mkdir(parents=True, exist_ok=True)
     settings = wandb.Settings(init_timeout=float(cfg_wandb.get("init_timeout", 90)))
@@ -320,6 +321,5 @@ def finish_wandb(loggers: Iterable[Any], exit_code: int = 0) -> str | None:
     base_url = resolve_base_url()
     server = "" if base_url == DEFAULT_BASE_URL else f" (self-hosted server: set WANDB_BASE_URL={base_url} first)"
     message = f"W&B run saved offline in {directory}\nUpload it with{server}:\n  {command}"
-    log.info(message)
-    print(message, flush=True)
+    print(message, flush=True)  # stdout, whatever the logging set-up
     return command
