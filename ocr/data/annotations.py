@@ -125,4 +125,9 @@ def load_samples(
         samples.append(sample)
     if skipped_words:
         log.warning("%s: skipped %d invalid word polygons", annotation_path, skipped_words)
+    if samples and not skipped_words and not any(sample.polygons for sample in samples):
+        # a competition test.json lists its images with empty "words": no ground truth to score
+        log.info("%s: no image has any word; treating the split as unannotated (image list only)", annotation_path)
+        for sample in samples:
+            sample.annotated = False
     return samples
