@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
 from ocr.metrics.detection import DetectionEvaluator
 from ocr.models.dbnet import DBNet
@@ -28,6 +29,7 @@ class DBNetModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         evaluator: DetectionEvaluator | None = None,
         channels_last: bool = False,
+        tta_scales: list[float] | None = None,
     ):
         super().__init__()
         self.run_config: dict[str, Any] = {}  # the resolved run config, set by the runner
@@ -35,6 +37,7 @@ class DBNetModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.evaluator = evaluator or DetectionEvaluator()
         self.channels_last = channels_last
+        self.tta_scales = [float(scale) for scale in tta_scales or []]
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
         if channels_last:
@@ -48,6 +51,29 @@ class DBNetModule(L.LightningModule):
 
     def forward(self, images: torch.Tensor, with_threshold: bool | None = None) -> dict[str, torch.Tensor]:
         return self.model(self.normalize(images), with_threshold=with_threshold)
+
+    def prob_logits(self, images: torch.Tensor, outputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The probability logits post-processing decodes: the network's at the input size or, with
+        ``tta_scales`` (test-time augmentation), the mean probability of the network run on the
+        input rescaled by each factor, resized back to the input size. ``outputs``: the forward
+        pass at the input size when the caller already has it."""
+        if outputs is None:
+            outputs = self(images, with_threshold=False)
+        if not self.tta_scales:
+            return outputs["prob_logits"]
+        height, width = images.shape[-2:]
+        probabilities = []
+        for scale in self.tta_scales:
+            if scale == 1.0:
+                logits = outputs["prob_logits"]
+            else:
+                # sides stay multiples of 32 for the FPN
+                size = (max(32, round(height * scale / 32) * 32), max(32, round(width * scale / 32) * 32))
+                scaled = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+                logits = self(scaled, with_threshold=False)["prob_logits"].float()
+                logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+            probabilities.append(torch.sigmoid(logits.float()))
+        return torch.logit(torch.stack(probabilities).mean(dim=0), eps=1e-6)
 
     def decode(self, prob_logits: torch.Tensor, batch: dict[str, Any]) -> list[Detections]:
         """Post-process a batch of probability logits into polygons in original pixels."""
@@ -83,7 +109,7 @@ class DBNetModule(L.LightningModule):
         # named profiler sections: `trainer.profiler=simple` shows what post-processing and
         # metrics cost next to the network
         with self._profile("postprocess"):
-            detections = self.decode(outputs["prob_logits"], batch)
+            detections = self.decode(self.prob_logits(batch["image"], outputs), batch)
         if has_targets:
             with self._profile("metrics"):
                 for i, found in enumerate(detections):
@@ -104,7 +130,7 @@ class DBNetModule(L.LightningModule):
         return self._evaluation_step(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        detections = self.decode(self(batch["image"], with_threshold=False)["prob_logits"], batch)
+        detections = self.decode(self.prob_logits(batch["image"]), batch)
         return [
             {"name": name, "raw_size": size, "polygons": found.polygons, "scores": found.scores}
             for name, size, found in zip(batch["name"], batch["raw_size"], detections)

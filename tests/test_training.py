@@ -73,3 +73,23 @@ def test_hard_negative_mining_ratio():
     bce_hard = torch.nn.functional.softplus(torch.tensor(5.0))
     expected = (2 * bce_pos + 6 * bce_hard) / 8
     assert torch.isclose(loss, expected, atol=1e-5)
+
+
+def test_test_time_augmentation_averages_probabilities_over_scales():
+    torch.manual_seed(0)
+    cfg = compose_config("train", ["models.decoder.inner_channels=32"])
+    module = build_module(cfg).eval()
+    images = torch.randint(0, 255, (2, 3, 96, 128), dtype=torch.uint8)
+    with torch.no_grad():
+        plain = module.prob_logits(images)
+        module.tta_scales = [1.0]
+        torch.testing.assert_close(module.prob_logits(images), plain)  # one scale: the plain pass
+        module.tta_scales = [1.0, 2.0]
+        both = module.prob_logits(images)
+        # by hand: the network at 2x (192 x 256), resized back, averaged in probability space
+        larger = module(torch.nn.functional.interpolate(images.float(), size=(192, 256), mode="bilinear"))["prob_logits"]
+        larger = torch.nn.functional.interpolate(larger, size=(96, 128), mode="bilinear")
+        expected = (torch.sigmoid(plain) + torch.sigmoid(larger)) / 2
+    assert both.shape == plain.shape == (2, 1, 96, 128)
+    torch.testing.assert_close(torch.sigmoid(both), expected, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(both, plain)
