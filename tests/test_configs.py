@@ -22,7 +22,8 @@ def compose_config(name="train", overrides=()):
 @pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("name", ["train", "test", "predict"])
 def test_every_preset_composes_and_builds(name, preset):
-    overrides = [f"preset={preset}"] + (["checkpoint_path=x.ckpt"] if name != "train" else [])
+    # no ImageNet download in tests (presets for GPU users ask for pretrained weights)
+    overrides = [f"preset={preset}", "models.encoder.pretrained=false"] + (["checkpoint_path=x.ckpt"] if name != "train" else [])
     cfg = compose_config(name, overrides)
     assert cfg.image_size > 0 and cfg.models.encoder.model_name
     module = build_module(cfg)

@@ -10,7 +10,7 @@ from PIL import Image
 from ocr.data.annotations import AnnotationError, load_samples
 from ocr.data.dataset import ImageReadError, ReceiptDataset, collate_receipts
 from ocr.data.geometry import EXIF_ORIENTATION_TAG, exif_to_upright, upright_to_exif
-from ocr.data.transforms import PolygonAugment, ResizeForEval, ScaleLongSide, TextAwareRandomCrop
+from ocr.data.transforms import PolygonAugment, RandomRescale, ResizeForEval, TextAwareRandomCrop
 from tests.helpers import rect, write_split
 
 
@@ -69,6 +69,20 @@ def test_unannotated_split_lists_images(tmp_path):
     dataset = ReceiptDataset(image_dir, None, resize=ResizeForEval(128))
     assert not dataset.annotated and [s.name for s in dataset.samples] == ["a.jpg", "b.jpg"]
     assert "shrink_map" not in dataset[0]
+
+
+def test_test_json_without_any_word_is_an_unannotated_image_list(tmp_path, caplog):
+    """The competition's test.json lists its images with empty "words": nothing to score, and
+    predictions cover exactly the listed images."""
+    image_dir, json_path = write_split(tmp_path, "test", {"a.jpg": {"words": {}}, "b.jpg": {"words": {}}})
+    (image_dir / "unlisted.jpg").write_bytes((image_dir / "a.jpg").read_bytes())
+    with caplog.at_level("INFO"):
+        dataset = ReceiptDataset(image_dir, json_path, resize=ResizeForEval(128))
+    assert not dataset.annotated and [s.name for s in dataset.samples] == ["a.jpg", "b.jpg"]
+    assert "treating the split as unannotated" in caplog.text and "test.json" in caplog.text
+    # one image with a word: an annotated split whose other image has no text
+    image_dir, json_path = write_split(tmp_path / "val", "val", {"a.jpg": {"words": {"0001": {"points": rect(5, 5, 50, 20)}}}, "b.jpg": {"words": {}}})
+    assert ReceiptDataset(image_dir, json_path, resize=ResizeForEval(128)).annotated
 
 
 # -- EXIF -------------------------------------------------------------------------------
@@ -148,7 +162,7 @@ def test_vertices_stay_with_their_polygon_under_rotation():
 def test_training_pipeline_gives_fixed_size_crops_with_text():
     image = np.full((700, 450, 3), 255, np.uint8)
     polygons = [np.array(rect(20, y, 200, y + 16), float) for y in range(20, 680, 30)]
-    augment = PolygonAugment([ScaleLongSide(640, (0.8, 1.2)), TextAwareRandomCrop(384, 384)])
+    augment = PolygonAugment([RandomRescale(640, (0.8, 1.2)), TextAwareRandomCrop(384, 384)])
     for _ in range(5):
         out_image, out, _ = augment(image, polygons, [False] * len(polygons))
         assert out_image.shape == (384, 384, 3) and len(out) > 0
@@ -163,6 +177,25 @@ def test_eval_resize_is_a_multiple_of_32_and_invertible():
     short = ResizeForEval(960, mode="short_side", long_side_cap=1600)
     assert short.target_size(463, 1000) == (736, 1600)  # the long-side cap wins
     assert short.target_size(800, 1000) == (960, 1216)  # short side reaches 960
+
+
+@pytest.mark.parametrize(
+    ("mode", "cap", "size", "expected"),
+    [("short_side", 1600, (463, 1000), (741, 1600)), ("short_side", 1600, (800, 1000), (960, 1200)), ("long_side", None, (800, 1000), (768, 960))],
+)
+def test_training_rescale_follows_the_inference_sizing_rule(mode, cap, size, expected):
+    """Without jitter, training sees a page at the size ResizeForEval gives it (before rounding to
+    a multiple of 32): text has the same pixel height in training and at inference."""
+    rescale = PolygonAugment([RandomRescale(960, (1.0, 1.0), mode=mode, long_side_cap=cap)])
+    image = np.full((size[1], size[0], 3), 255, np.uint8)
+    out_image, out, _ = rescale(image, [np.array(rect(100, 100, 200, 130), float)], [False])
+    assert out_image.shape[:2] == (expected[1], expected[0])
+    factor = expected[0] / size[0]
+    np.testing.assert_allclose(out[0], np.array(rect(100, 100, 200, 130)) * factor, rtol=1e-3)
+    eval_size = ResizeForEval(960, mode=mode, long_side_cap=cap).target_size(*size)
+    assert all(abs(e - t) <= 16 for e, t in zip(eval_size, expected))  # same scale, eval rounds to 32
+    with pytest.raises(ValueError, match="resize mode"):
+        RandomRescale(960, mode="longest")
 
 
 def test_collate_pads_to_a_multiple_of_32(tmp_path):

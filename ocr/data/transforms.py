@@ -25,6 +25,19 @@ def _round_to_multiple(value: float, multiple: int) -> int:
     return max(multiple, int(round(value / multiple)) * multiple)
 
 
+def resize_scale(width: int, height: int, image_size: int, mode: str = "long_side", long_side_cap: int | None = None) -> float:
+    """The factor that sizes an image for the network: the long side (``mode="long_side"``) or
+    the short side (``"short_side"``, the long side capped at ``long_side_cap``) becomes
+    ``image_size``. Shared by inference resizing and the training scale, so training sees text
+    at the size inference gives it."""
+    if mode == "long_side":
+        return image_size / max(width, height)
+    if mode == "short_side":
+        scale = image_size / min(width, height)
+        return min(scale, long_side_cap / max(width, height)) if long_side_cap else scale
+    raise ValueError(f"resize mode must be 'long_side' or 'short_side', got {mode!r}")
+
+
 @dataclass
 class ResizeForEval:
     """Resize for inference, to sides that are multiples of ``multiple`` (32 for the FPN).
@@ -41,14 +54,7 @@ class ResizeForEval:
     multiple: int = 32
 
     def target_size(self, width: int, height: int) -> tuple[int, int]:
-        if self.mode == "long_side":
-            scale = self.image_size / max(width, height)
-        elif self.mode == "short_side":
-            scale = self.image_size / min(width, height)
-            if self.long_side_cap:
-                scale = min(scale, self.long_side_cap / max(width, height))
-        else:
-            raise ValueError(f"ResizeForEval.mode must be 'long_side' or 'short_side', got {self.mode!r}")
+        scale = resize_scale(width, height, self.image_size, self.mode, self.long_side_cap)
         return _round_to_multiple(width * scale, self.multiple), _round_to_multiple(height * scale, self.multiple)
 
     def __call__(self, image: np.ndarray, polygons: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray], tuple[float, float]]:
@@ -134,13 +140,22 @@ class TextAwareRandomCrop(A.DualTransform):
         return ("height", "width", "text_prob", "fill")
 
 
-class ScaleLongSide(A.DualTransform):
-    """Scale so the long side equals ``image_size`` times a random factor from ``scale_range``;
-    training then sees text at the scale ``ResizeForEval`` gives it at inference."""
+class RandomRescale(A.DualTransform):
+    """Scale by the inference sizing rule (:func:`resize_scale`: ``mode``, ``image_size``,
+    ``long_side_cap``) times a random factor from ``scale_range``; training then sees text at
+    the scale ``ResizeForEval`` gives it at inference, give or take the jitter."""
 
-    def __init__(self, image_size: int, scale_range: tuple[float, float] = (1.0, 1.0), p: float = 1.0):
+    def __init__(
+        self,
+        image_size: int,
+        scale_range: tuple[float, float] = (1.0, 1.0),
+        mode: str = "long_side",
+        long_side_cap: int | None = None,
+        p: float = 1.0,
+    ):
         super().__init__(p=p)
-        self.image_size, self.scale_range = image_size, tuple(scale_range)
+        resize_scale(1, 1, image_size, mode, long_side_cap)  # fail on a bad mode at construction
+        self.image_size, self.scale_range, self.mode, self.long_side_cap = image_size, tuple(scale_range), mode, long_side_cap
 
     @property
     def targets_as_params(self) -> list[str]:
@@ -148,7 +163,8 @@ class ScaleLongSide(A.DualTransform):
 
     def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
         image_h, image_w = params["shape"][:2]
-        scale = self.image_size / max(image_h, image_w) * self.py_random.uniform(*self.scale_range)
+        scale = resize_scale(image_w, image_h, self.image_size, self.mode, self.long_side_cap)
+        scale *= self.py_random.uniform(*self.scale_range)
         size = (max(1, int(round(image_w * scale))), max(1, int(round(image_h * scale))))
         # keypoints use the factors of the rounded size so they stay on the resized pixels
         return {"size": size, "factors": (size[0] / image_w, size[1] / image_h)}
@@ -164,4 +180,4 @@ class ScaleLongSide(A.DualTransform):
         return keypoints
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("image_size", "scale_range")
+        return ("image_size", "scale_range", "mode", "long_side_cap")
