@@ -16,7 +16,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -27,14 +29,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 from ocr.config import register_resolvers  # noqa: E402
 from ocr.data.dataset import ReceiptDataset, collate_receipts  # noqa: E402
+from ocr.lightning_module import DBNetModule  # noqa: E402
 from ocr.metrics.detection import DetectionEvaluator  # noqa: E402
+from ocr.postprocess import Detections  # noqa: E402
 from ocr.run import build_module, load_checkpoint_into  # noqa: E402
 
 
-def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+def parse(argv: list[str], doc: str = __doc__) -> tuple[dict[str, str], list[str]]:
     own = {"checkpoint_path": None, "images": None, "annotations": None}
     overrides = []
     for arg in argv:
@@ -45,12 +50,12 @@ def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
             overrides.append(arg)
     missing = [k for k, v in own.items() if not v]
     if missing:
-        raise SystemExit(f"missing {', '.join(f'{k}=...' for k in missing)}\n\n{__doc__}")
+        raise SystemExit(f"missing {', '.join(f'{k}=...' for k in missing)}\n\n{doc}")
     return own, overrides
 
 
-def main(argv: list[str]) -> dict[str, float]:
-    own, overrides = parse(argv)
+def load(own: dict[str, str], overrides: list[str]) -> tuple[DictConfig, DBNetModule, ReceiptDataset]:
+    """The run config (checkpoint architecture + overrides), the module in eval mode and the data."""
     register_resolvers()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="test", overrides=[f"checkpoint_path={own['checkpoint_path']}", *overrides])
@@ -58,23 +63,31 @@ def main(argv: list[str]) -> dict[str, float]:
     module = build_module(cfg)
     module.load_state_dict(checkpoint["state_dict"])
     module.eval()
-    precision = str(cfg.trainer.precision)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in precision)
     dataset = ReceiptDataset(own["images"], own["annotations"], resize=instantiate(cfg.datasets.eval_resize), targets=None)
-    evaluator = DetectionEvaluator(use_cleval=True, iou_threshold=0.5)
-    seconds = []
+    return cfg, module, dataset
+
+
+def network_outputs(cfg: DictConfig, module: DBNetModule, dataset: ReceiptDataset) -> Iterator[tuple[dict[str, Any], torch.Tensor, float]]:
+    """(batch of one image, probability logits, network seconds) for every image."""
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in str(cfg.trainer.precision))
     for index in range(len(dataset)):
         batch = collate_receipts([dataset[index]])
         start = time.perf_counter()
         with torch.no_grad(), autocast:
-            logits = module(batch["image"], with_threshold=False)["prob_logits"]
-        found = module.decode(logits, batch)[0]
-        seconds.append(time.perf_counter() - start)
-        evaluator.update(batch["name"][0], batch["gt_polygons"][0], found.polygons, batch["gt_ignore"][0], batch["gt_texts"][0])
+            logits = module.prob_logits(batch["image"])
+        yield batch, logits, time.perf_counter() - start
+
+
+def evaluate(records: Iterable[tuple[str, Any, Any, Any, Any]]) -> dict[str, float]:
+    """IoU (pooled and per-image mean) and CLEval scores of (image name, GT polygons, GT don't-care
+    flags, GT texts, detected polygons) records."""
+    evaluator = DetectionEvaluator(use_cleval=True, iou_threshold=0.5)
+    for name, gt_polygons, gt_ignore, gt_texts, detections in records:
+        evaluator.update(name, gt_polygons, detections, gt_ignore, gt_texts)
     scores = evaluator.compute()
     rows = evaluator.per_image()
     per_image = {k: float(np.mean([r[k] for r in rows])) for k in ("iou_precision", "iou_recall", "iou_hmean")}
-    result = {
+    return {
         "IoU precision (pooled)": scores["iou_precision"],
         "IoU recall (pooled)": scores["iou_recall"],
         "IoU hmean (pooled)": scores["iou_hmean"],
@@ -84,13 +97,34 @@ def main(argv: list[str]) -> dict[str, float]:
         "CLEval precision": scores["precision"],
         "CLEval recall": scores["recall"],
         "CLEval hmean": scores["hmean"],
-        "seconds per image": float(np.mean(seconds)),
     }
-    print(f"\n{len(dataset)} images from {own['images']}; checkpoint {own['checkpoint_path']}; "
-          f"eval resize {cfg.datasets.eval_resize.mode} {cfg.image_size}; {torch.get_num_threads()} CPU threads, {precision}")
+
+
+def record(batch: dict[str, Any], found: Detections) -> tuple[str, Any, Any, Any, Any]:
+    """The :func:`evaluate` record of a batch of one image and its detections."""
+    return batch["name"][0], batch["gt_polygons"][0], batch["gt_ignore"][0], batch["gt_texts"][0], found.polygons
+
+
+def print_table(result: dict[str, float]) -> None:
     print("| metric | value |\n| --- | --- |")
     for name, value in result.items():
         print(f"| {name} | {value:.4f} |")
+
+
+def main(argv: list[str]) -> dict[str, float]:
+    own, overrides = parse(argv)
+    cfg, module, dataset = load(own, overrides)
+    records, seconds = [], []
+    for batch, logits, network_seconds in network_outputs(cfg, module, dataset):
+        start = time.perf_counter()
+        found = module.decode(logits, batch)[0]
+        seconds.append(network_seconds + time.perf_counter() - start)
+        records.append(record(batch, found))
+    result = {**evaluate(records), "seconds per image": float(np.mean(seconds))}
+    print(f"\n{len(dataset)} images from {own['images']}; checkpoint {own['checkpoint_path']}; "
+          f"eval resize {cfg.datasets.eval_resize.mode} {cfg.image_size}; {torch.get_num_threads()} CPU threads, "
+          f"{cfg.trainer.precision}, TTA scales {list(module.tta_scales) or 'none'}")
+    print_table(result)
     return result
 
 

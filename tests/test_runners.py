@@ -100,3 +100,32 @@ def test_checkpoint_name_with_equals_sign_needs_quoting(trained, tiny):
         "predict.py", f"checkpoint_path='{renamed}'", f"output_dir={root / 'quoted'}", "trainer.fast_dev_run=true", *common
     )
     assert (root / "quoted" / "submissions" / "submission.csv").is_file()
+
+
+def test_accuracy_benchmark_and_postprocess_grid_agree(trained, tiny, monkeypatch, capsys):
+    """benchmarks/accuracy.py scores a checkpoint on a folder + JSON; benchmarks/postprocess_grid.py
+    re-decodes the same network outputs per setting, so its row for the default setting is the
+    same score, and its rows come best first."""
+    from benchmarks import accuracy, postprocess_grid
+
+    root, common = tiny
+    checkpoint = next((trained / "checkpoints").glob("epoch*.ckpt"))
+    data = [f"images={root / 'data' / 'images' / 'test'}", f"annotations={root / 'data' / 'jsons' / 'test.json'}"]
+    overrides = [c for c in common if c.startswith("image_size")]
+    scores = accuracy.main([f"checkpoint_path={checkpoint}", *data, *overrides])
+    printed = capsys.readouterr().out
+    assert "| IoU hmean (pooled) |" in printed and "| CLEval hmean |" in printed
+    assert all(0.0 <= scores[k] <= 1.0 for k in scores if k != "seconds per image")
+    assert scores["seconds per image"] > 0
+
+    default = {"thresh": 0.3, "box_thresh": 0.6, "box_unclip_ratio": 1.5}  # configs/preset/models/postprocess
+    monkeypatch.setattr(postprocess_grid, "GRID", {"thresh": [0.3, 0.5], "box_thresh": [0.6], "box_unclip_ratio": [1.5, 2.0]})
+    monkeypatch.setattr(postprocess_grid, "POLYGON_GRID", {"thresh": [0.3], "box_thresh": [0.6], "polygon_unclip_ratio": [2.0]})
+    results = postprocess_grid.main([f"checkpoint_path={checkpoint}", *data, *overrides])
+    assert len(results) == 5
+    keys = [(-s["IoU hmean (pooled)"], -s["CLEval hmean"]) for _, s in results]
+    assert keys == sorted(keys)
+    same = next(s for setting, s in results if not setting["use_polygon"] and all(setting[k] == v for k, v in default.items()))
+    for name in ("IoU hmean (pooled)", "CLEval hmean", "CLEval precision", "IoU recall (pooled)"):
+        assert same[name] == pytest.approx(scores[name]), name
+    assert "best: models.postprocess." in capsys.readouterr().out

@@ -1,0 +1,67 @@
+"""Grid-search DBNet post-processing for one checkpoint on a folder + JSON, without retraining.
+
+    python benchmarks/postprocess_grid.py checkpoint_path=outputs/sroie/checkpoints/last.ckpt \\
+        images=../shared/data/sroie_dev/val/images annotations=../shared/data/sroie_dev/val/val.json
+
+The network runs once per image; every setting then re-decodes the cached probability maps with
+the module's own post-processor (``DBNetModule.decode``) and is scored with IoU-hmean (pooled) and
+CLEval. Prints the best settings first, and the winner as Hydra overrides for a preset. Other
+``key=value`` arguments are Hydra overrides (``image_size=...``). For a W&B sweep over the same
+settings (one run per trial, on many machines) use ``configs/sweep/postprocess.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.accuracy import evaluate, load, network_outputs, parse, record  # noqa: E402
+
+GRID = {
+    "thresh": [0.2, 0.25, 0.3, 0.35, 0.4],
+    "box_thresh": [0.4, 0.5, 0.6, 0.7],
+    "box_unclip_ratio": [1.2, 1.3, 1.4, 1.5, 1.6, 1.8],
+}
+POLYGON_GRID = {"thresh": [0.25, 0.3, 0.35], "box_thresh": [0.5, 0.6], "polygon_unclip_ratio": [1.4, 1.6, 1.8, 2.0]}
+
+
+def settings() -> list[dict]:
+    quads = [dict(zip(GRID, values), use_polygon=False) for values in itertools.product(*GRID.values())]
+    polygons = [dict(zip(POLYGON_GRID, values), use_polygon=True) for values in itertools.product(*POLYGON_GRID.values())]
+    return quads + polygons
+
+
+def main(argv: list[str]) -> list[tuple[dict, dict]]:
+    own, overrides = parse(argv, __doc__)
+    cfg, module, dataset = load(own, overrides)
+    start = time.perf_counter()
+    cached = [(batch, logits) for batch, logits, _ in network_outputs(cfg, module, dataset)]
+    print(f"{len(cached)} images through the network in {time.perf_counter() - start:.0f} s", flush=True)
+    base = module.postprocess
+    results = []
+    for setting in settings():
+        module.postprocess = dataclasses.replace(base, **setting)
+        scores = evaluate([record(batch, module.decode(logits, batch)[0]) for batch, logits in cached])
+        results.append((setting, scores))
+        print(f"  {setting} -> IoU-hmean {scores['IoU hmean (pooled)']:.4f}, CLEval hmean {scores['CLEval hmean']:.4f}", flush=True)
+    module.postprocess = base
+    results.sort(key=lambda item: (-item[1]["IoU hmean (pooled)"], -item[1]["CLEval hmean"]))
+    print("\n| thresh | box_thresh | use_polygon | unclip ratio | IoU P | IoU R | IoU H | CLEval P | CLEval R | CLEval H |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for setting, s in results[:15]:
+        ratio = setting.get("polygon_unclip_ratio") if setting["use_polygon"] else setting.get("box_unclip_ratio")
+        print(f"| {setting['thresh']} | {setting['box_thresh']} | {setting['use_polygon']} | {ratio} | "
+              f"{s['IoU precision (pooled)']:.4f} | {s['IoU recall (pooled)']:.4f} | {s['IoU hmean (pooled)']:.4f} | "
+              f"{s['CLEval precision']:.4f} | {s['CLEval recall']:.4f} | {s['CLEval hmean']:.4f} |")
+    best = results[0][0]
+    print("\nbest: " + " ".join(f"models.postprocess.{k}={v}" for k, v in best.items()))
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
