@@ -1,6 +1,6 @@
 """Per-stage CPU speed of the pipeline on synthetic receipt pages; prints one Markdown table.
 
-    python benchmarks/speed.py            # full run (~3-4 minutes on 2 cores)
+    python benchmarks/speed.py            # full run (~20 s on 2 cores)
     python benchmarks/speed.py --quick    # fewer repeats
 
 Stages: target maps (ours vs the straightforward per-polygon, per-edge reference),
