@@ -392,9 +392,17 @@ def test_postprocess_sweep_runs_two_trials_through_the_wandb_agent(server, works
     monkeypatch.setattr(wandb_sweeps, "_register_agent", controller.register_agent)
     monkeypatch.setattr(wandb_sweeps, "_agent_heartbeat", controller.heartbeat)
     monkeypatch.setattr(wandb_agent.Agent, "POLL_INTERVAL", 1)
+    # the agent hands its own environment to the trials: none of this process's W&B settings
+    # (conftest.py's WANDB_MODE=disabled), only the server's address and key
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
     for key, value in {**base_env(root), "WANDB_BASE_URL": server["url"], "WANDB_API_KEY": KEY}.items():
         monkeypatch.setenv(key, value)
+    # what `wandb agent <entity>/<project>/<sweep id>` sets before it starts the agent: inside a sweep
+    # wandb takes the project from here and ignores the one the run asks for
     monkeypatch.setenv("WANDB_SWEEP_ID", "localsweep")
+    monkeypatch.setenv("WANDB_PROJECT", PROJECT)
+    monkeypatch.setenv("WANDB_ENTITY", ENTITY)
     monkeypatch.setenv("WANDB_DIR", str(root / "agent"))
     # the agent starts `python`: this interpreter's environment
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
