@@ -166,7 +166,8 @@ def _train(cfg: DictConfig, loggers: list[Logger]) -> dict[str, float]:
     best = checkpoint_callback.best_model_path or None
     if trainer.fast_dev_run:
         best = None  # fast_dev_run saves no checkpoint: evaluate the weights in memory
-    log.info("Best checkpoint: %s (val/hmean %s)", best, checkpoint_callback.best_model_score)
+    score = checkpoint_callback.best_model_score
+    log.info("Best checkpoint: %s (%s %s)", best, cfg.checkpoint.monitor, f"{float(score):.4f}" if score is not None else "n/a")
     if cfg.get("test_after_fit"):
         datamodule.setup("test")
         if datamodule.datasets["test"].annotated:
@@ -249,7 +250,9 @@ def _test(cfg: DictConfig, loggers: list[Logger], split: str, job_type: str) -> 
     trainer = build_trainer(cfg, callbacks, loggers)
     datamodule.setup("test")
     if not datamodule.datasets["test"].annotated:
-        raise ValueError(f"the {split} split has no annotations to score against; use runners/predict.py")
+        image_dir, annotation_path = datamodule.split_paths(split)
+        where = f"{image_dir}" + (f" + {annotation_path} (no image has any word)" if annotation_path else " (no annotation file)")
+        raise ValueError(f"the {split} split has no annotations to score against: {where}; use runners/predict.py")
     results = trainer.test(module, datamodule=datamodule)
     scores = {k: float(v) for k, v in (results[0] if results else {}).items()}
     run = active_run(loggers) if cfg.get("wandb") else None

@@ -129,3 +129,17 @@ def test_accuracy_benchmark_and_postprocess_grid_agree(trained, tiny, monkeypatc
     for name in ("IoU hmean (pooled)", "CLEval hmean", "CLEval precision", "IoU recall (pooled)"):
         assert same[name] == pytest.approx(scores[name]), name
     assert "best: models.postprocess." in capsys.readouterr().out
+
+
+def test_test_runner_on_an_unannotated_split_says_which_folder(trained, tiny):
+    root, common = tiny
+    checkpoint = next((trained / "checkpoints").glob("epoch*.ckpt"))
+    images = root / "data" / "images" / "test"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "runners" / "test.py"), f"checkpoint_path={checkpoint}", f"output_dir={root / 'unannotated'}",
+         f"datasets.splits.test.image_dir={images}", *common],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert f"the test split has no annotations to score against: {images} (no annotation file)" in result.stderr
