@@ -67,7 +67,9 @@ def load(own: dict[str, str], overrides: list[str]) -> tuple[DictConfig, DBNetMo
     return cfg, module, dataset
 
 
-def network_outputs(cfg: DictConfig, module: DBNetModule, dataset: ReceiptDataset) -> Iterator[tuple[dict[str, Any], torch.Tensor, float]]:
+def network_outputs(
+    cfg: DictConfig, module: DBNetModule, dataset: ReceiptDataset
+) -> Iterator[tuple[dict[str, Any], torch.Tensor, float]]:
     """(batch of one image, probability logits, network seconds) for every image."""
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in str(cfg.trainer.precision))
     for index in range(len(dataset)):

@@ -48,7 +48,8 @@ def main(argv: list[str]) -> list[tuple[dict, dict]]:
         module.postprocess = dataclasses.replace(base, **setting)
         scores = evaluate([record(batch, module.decode(logits, batch)[0]) for batch, logits in cached])
         results.append((setting, scores))
-        print(f"  {setting} -> IoU-hmean {scores['IoU hmean (pooled)']:.4f}, CLEval hmean {scores['CLEval hmean']:.4f}", flush=True)
+        iou, cleval = scores["IoU hmean (pooled)"], scores["CLEval hmean"]
+        print(f"  {setting} -> IoU-hmean {iou:.4f}, CLEval hmean {cleval:.4f}", flush=True)
     module.postprocess = base
     results.sort(key=lambda item: (-item[1]["IoU hmean (pooled)"], -item[1]["CLEval hmean"]))
     print("\n| thresh | box_thresh | use_polygon | unclip ratio | IoU P | IoU R | IoU H | CLEval P | CLEval R | CLEval H |")

@@ -9,7 +9,6 @@ An image of the annotations that the predictions lack counts as one with no dete
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -45,7 +44,9 @@ def main(argv: list[str]) -> dict[str, float]:
     samples = load_samples(own["images"], own["annotations"])
     absent = [s.name for s in samples if s.name not in predictions]
     if absent:
-        log.warning("%d of %d images have no predictions (scored as no detections), e.g. %s", len(absent), len(samples), absent[0])
+        log.warning(
+            "%d of %d images have no predictions (scored as no detections), e.g. %s", len(absent), len(samples), absent[0]
+        )
     result = evaluate((s.name, s.polygons, s.ignore, s.texts, predictions.get(s.name, [])) for s in samples)
     print(f"\n{len(samples)} images of {own['annotations']}; predictions {own['predictions']}")
     print_table(result)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import lightning as L
 import torch
@@ -35,6 +35,7 @@ from ocr.tracking.callbacks import (
 from ocr.tracking.wandb_setup import active_run, finish_wandb
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Parts of the config that define the network's weights: a checkpoint carries them so test
 # and predict rebuild the same architecture whatever the command line says.
@@ -140,17 +141,23 @@ def save_resolved_config(cfg: DictConfig, name: str) -> Path:
     return path
 
 
+def _with_loggers(cfg: DictConfig, job_type: str, work: Callable[[list[Logger]], T]) -> T:
+    """``work(loggers)`` with this job's loggers; a W&B run is always finished, with exit code 1
+    when ``work`` raised (so the run shows as failed, and an offline run's sync command is printed)."""
+    loggers = build_loggers(cfg, job_type)
+    status = 1
+    try:
+        result = work(loggers)
+        status = 0
+        return result
+    finally:
+        finish_wandb(loggers, exit_code=status)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     save_resolved_config(cfg, "config.yaml")
-    loggers = build_loggers(cfg, "train")
-    status = 1
-    try:
-        metrics = _train(cfg, loggers)
-        status = 0
-        return metrics
-    finally:
-        finish_wandb(loggers, exit_code=status)
+    return _with_loggers(cfg, "train", lambda loggers: _train(cfg, loggers))
 
 
 def _train(cfg: DictConfig, loggers: list[Logger]) -> dict[str, float]:
@@ -227,14 +234,7 @@ def _log_predictions(
 def test(cfg: DictConfig, split: str = "test", job_type: str = "test") -> dict[str, float]:
     """Score a checkpoint on ``split`` (the test split; ``rescore`` uses val). With W&B: its own
     run (job_type ``test``), linked to the model artifact, predictions uploaded as an artifact."""
-    loggers = build_loggers(cfg, job_type)
-    status = 1
-    try:
-        results = _test(cfg, loggers, split, job_type)
-        status = 0
-        return results
-    finally:
-        finish_wandb(loggers, exit_code=status)
+    return _with_loggers(cfg, job_type, lambda loggers: _test(cfg, loggers, split, job_type))
 
 
 def _test(cfg: DictConfig, loggers: list[Logger], split: str, job_type: str) -> dict[str, float]:
@@ -274,14 +274,7 @@ def rescore(cfg: DictConfig) -> dict[str, float]:
 
 
 def predict(cfg: DictConfig) -> dict[str, Path]:
-    loggers = build_loggers(cfg, "predict")
-    status = 1
-    try:
-        paths = _predict(cfg, loggers)
-        status = 0
-        return paths
-    finally:
-        finish_wandb(loggers, exit_code=status)
+    return _with_loggers(cfg, "predict", lambda loggers: _predict(cfg, loggers))
 
 
 def _predict(cfg: DictConfig, loggers: list[Logger]) -> dict[str, Path]:

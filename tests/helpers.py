@@ -23,3 +23,19 @@ def write_split(root: Path, split: str, images: dict[str, dict], size=(200, 120)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"images": images}))
     return image_dir, json_path
+
+
+def tiny_run_overrides(root: Path) -> list[str]:
+    """Hydra overrides for end-to-end runner tests: a 4/2/3-image synthetic set under ``root``,
+    256-pixel pages, a narrow decoder, no DataLoader workers."""
+    return [
+        f"datasets.synthetic.root={root / 'data'}",
+        "datasets.synthetic.num_train=4",
+        "datasets.synthetic.num_val=2",
+        "datasets.synthetic.num_test=3",
+        "datasets.num_workers=0",
+        "datasets.batch_size=2",
+        "datasets.eval_batch_size=2",
+        "image_size=256",
+        "models.decoder.inner_channels=64",
+    ]

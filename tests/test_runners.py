@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ocr.submission import read_submission_csv
+from tests.helpers import tiny_run_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,18 +28,7 @@ def run_runner(script: str, *overrides: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    common = [
-        f"datasets.synthetic.root={root / 'data'}",
-        "datasets.synthetic.num_train=4",
-        "datasets.synthetic.num_val=2",
-        "datasets.synthetic.num_test=3",
-        "datasets.num_workers=0",
-        "datasets.batch_size=2",
-        "datasets.eval_batch_size=2",
-        "image_size=256",
-        "models.decoder.inner_channels=64",
-    ]
-    return root, common
+    return root, tiny_run_overrides(root)
 
 
 def test_train_fast_dev_run(tiny):

@@ -25,6 +25,7 @@ from ocr.tracking.wandb_setup import (
     finish_wandb,
     scrub_secrets,
 )
+from tests.helpers import tiny_run_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "local0000000000000000000000000000000000000000"
@@ -274,17 +275,7 @@ def test_sweep_files_drive_the_runners_with_hydra_overrides(sweep):
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("wandb-data")
-    return root, [
-        f"datasets.synthetic.root={root / 'data'}",
-        "datasets.synthetic.num_train=4",
-        "datasets.synthetic.num_val=2",
-        "datasets.synthetic.num_test=3",
-        "datasets.num_workers=0",
-        "datasets.batch_size=2",
-        "datasets.eval_batch_size=2",
-        "image_size=256",
-        "models.decoder.inner_channels=64",
-    ]
+    return root, tiny_run_overrides(root)
 
 
 def test_wandb_true_with_wandb_mode_disabled_trains(tiny_data):

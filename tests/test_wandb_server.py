@@ -37,6 +37,7 @@ import pytest
 import yaml
 
 from ocr.tracking.callbacks import TABLE_COLUMNS
+from tests.helpers import tiny_run_overrides
 
 pytestmark = [
     pytest.mark.wandb_server,
@@ -104,18 +105,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("wandb-runs")
-    common = [
-        f"datasets.synthetic.root={root / 'data'}",
-        "datasets.synthetic.num_train=4",
-        "datasets.synthetic.num_val=2",
-        "datasets.synthetic.num_test=3",
-        "datasets.num_workers=0",
-        "datasets.batch_size=2",
-        "datasets.eval_batch_size=2",
-        "image_size=256",
-        "models.decoder.inner_channels=64",
-    ]
-    return root, common
+    return root, tiny_run_overrides(root)
 
 
 def base_env(root: Path) -> dict[str, str]:

@@ -109,7 +109,8 @@ class ReceiptDataModule(L.LightningDataModule):
         if len(dataset) == 0:
             raise ValueError(f"the {split!r} split at {image_dir} has no images")
         if split in ("train", "val") and not dataset.annotated:
-            raise ValueError(f"{annotation_path or image_dir}: the {split!r} split has no annotated words; training and validation need ground truth")
+            where = annotation_path or image_dir
+            raise ValueError(f"{where}: the {split!r} split has no annotated words; training and validation need ground truth")
         log.info("%s split: %d images from %s%s", split, len(dataset), image_dir, f" + {annotation_path}" if annotation_path else "")
         return dataset
 
