@@ -131,6 +131,13 @@ def run_script(script: str, args: list[str], env: dict[str, str]) -> subprocess.
     return result
 
 
+def short_fit(name: str, out: Path, common: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """runners/train.py with wandb=true: one epoch of 2 steps, every step logged."""
+    args = ["wandb=true", f"exp_name={name}", f"output_dir={out}", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+            "trainer.log_every_n_steps=1", *common]  # fmt: skip
+    return run_script("train.py", args, env)
+
+
 def server_run(server: dict, name: str) -> dict:
     runs = get_json(f"{server['url']}/api/v2/projects/{ENTITY}/{PROJECT}/runs")["runs"]
     matching = [run for run in runs if run["display_name"] == name]
@@ -219,12 +226,7 @@ def online_fit(server, workspace):
     root, common = workspace
     env = {**base_env(root), "WANDB_BASE_URL": server["url"], "WANDB_API_KEY": KEY}
     out = root / "online"
-    result = run_script(
-        "train.py",
-        ["wandb=true", "exp_name=online-fit", f"output_dir={out}", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-         "trainer.log_every_n_steps=1", *common],
-        env,
-    )  # fmt: skip
+    result = short_fit("online-fit", out, common, env)
     return {"out": out, "env": env, "output": result.stdout + result.stderr}
 
 
@@ -283,12 +285,7 @@ def test_run_without_a_key_goes_offline_then_wandb_sync_uploads_it(server, works
     root, common = workspace
     env = {**base_env(root), "WANDB_BASE_URL": server["url"]}  # no key, no mode, no netrc entry, stdin closed
     out = root / "offline"
-    result = run_script(
-        "train.py",
-        ["wandb=true", "exp_name=offline-fit", f"output_dir={out}", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-         "trainer.log_every_n_steps=1", *common],
-        env,
-    )  # fmt: skip
+    result = short_fit("offline-fit", out, common, env)
     output = result.stdout + result.stderr
     assert output.count("logging this run OFFLINE") == 1  # one clear warning
     sync_lines = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("wandb sync ")]
