@@ -1,8 +1,10 @@
 """DBNet post-processing: probability map -> text polygons in original image pixels.
 
 One implementation, used by validation, test, predict and the benchmarks. The per-contour
-loop only calls OpenCV/pyclipper; everything that can be done for all boxes at once
-(ordering, scaling back, clipping, EXIF frame) is vectorised after it.
+loops only call OpenCV/pyclipper; everything that can be done for all boxes at once (the
+unclip distances, rounding for pyclipper, ordering, scaling back, clipping, EXIF frame) is
+vectorised between them. Every vectorised step computes bit-for-bit what the OpenCV call it
+replaces computes (tests/test_postprocess.py holds it to the first version's output).
 """
 
 from __future__ import annotations
@@ -35,6 +37,21 @@ def unclip(polygon: np.ndarray, unclip_ratio: float) -> np.ndarray | None:
     if len(paths) != 1:
         return None
     return np.asarray(paths[0], dtype=np.float32)
+
+
+def rectangle_area_and_length(corners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``cv2.contourArea`` and ``cv2.arcLength(closed=True)`` of (N, 4, 2) float32 corners, for all
+    N at once, with OpenCV's arithmetic: the shoelace terms in float64 summed in point order,
+    the edge lengths in float32 summed in float64. Same bits as the OpenCV calls, so the unclip
+    distance (and pyclipper's integer output) cannot move."""
+    previous = np.roll(corners, 1, axis=1)
+    x0, y0 = previous[..., 0].astype(np.float64), previous[..., 1].astype(np.float64)
+    x1, y1 = corners[..., 0].astype(np.float64), corners[..., 1].astype(np.float64)
+    terms = x0 * y1 - y0 * x1
+    area = np.abs((((terms[:, 0] + terms[:, 1]) + terms[:, 2]) + terms[:, 3]) * 0.5)
+    edges = corners - previous
+    edge = np.sqrt(edges[..., 0] * edges[..., 0] + edges[..., 1] * edges[..., 1]).astype(np.float64)
+    return area, ((edge[:, 0] + edge[:, 1]) + edge[:, 2]) + edge[:, 3]
 
 
 def box_score(prob_map: np.ndarray, contour: np.ndarray) -> float:
@@ -81,7 +98,8 @@ class DBPostProcessor:
         stored image's frame, clipped to it.
         """
         prob_map = np.asarray(prob_map, dtype=np.float32)
-        bitmap = (prob_map > self.thresh).astype(np.uint8)
+        # the bool mask's bytes are 0/1 already: view them as uint8 rather than copy a page-sized map
+        bitmap = (prob_map > self.thresh).view(np.uint8)
         contours, _ = cv2.findContours(bitmap, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
         candidates: list[tuple[float, np.ndarray]] = []
         for contour in contours:
@@ -96,40 +114,65 @@ class DBPostProcessor:
 
         if raw_size is None:
             raw_size = (int(round(prob_map.shape[1] / scale[0])), int(round(prob_map.shape[0] / scale[1])))
-        shapes, scores = [], []
-        for score, contour in candidates:
-            polygon = self._polygon(contour) if self.use_polygon else self._quad(contour)
-            if polygon is not None:
-                shapes.append(polygon)
-                scores.append(float(score))
-        if not shapes:
+        if self.use_polygon:
+            shapes, scores = [], []
+            for score, contour in candidates:
+                polygon = self._polygon(contour)
+                if polygon is not None:
+                    shapes.append(polygon)
+                    scores.append(float(score))
+        else:
+            shapes, scores = self._quads(candidates)
+        if not len(shapes):
             return Detections()
-        if not self.use_polygon:
-            shapes = list(order_quads(np.stack(shapes)))
-        return Detections(self._to_original([np.asarray(s, np.float64) for s in shapes], scale, raw_size, orientation), scores)
+        return Detections(self._to_original(shapes, scale, raw_size, orientation), scores)
 
     @staticmethod
-    def _to_original(polygons: list[np.ndarray], scale, raw_size, orientation) -> list[np.ndarray]:
-        """Network pixels -> upright original pixels (clipped) -> stored image frame."""
+    def _to_original(polygons: np.ndarray | list[np.ndarray], scale, raw_size, orientation) -> list[np.ndarray]:
+        """Network pixels -> upright original pixels (clipped) -> stored image frame, for (N, 4, 2)
+        quads or a list of polygons, all points at once."""
         up_w, up_h = upright_size(orientation, raw_size)
-        points = np.concatenate(polygons) / np.asarray(scale, dtype=np.float64)
+        points = np.concatenate(polygons, dtype=np.float64) / np.asarray(scale, dtype=np.float64)
         points[:, 0] = np.clip(points[:, 0], 0, up_w - 1)
         points[:, 1] = np.clip(points[:, 1], 0, up_h - 1)
         points = upright_to_exif(points, orientation, raw_size)
+        if isinstance(polygons, np.ndarray):
+            return list(points.reshape(-1, 4, 2))
         return np.split(points, np.cumsum([len(p) for p in polygons])[:-1])
 
-    def _quad(self, contour: np.ndarray) -> np.ndarray | None:
-        rect = cv2.minAreaRect(contour.reshape(-1, 2).astype(np.float32))
-        if min(rect[1]) < self.min_size:
-            return None
-        # boxPoints is float32, exactly what unclip measures the area of: no conversions
-        grown = unclip(cv2.boxPoints(rect), self.box_unclip_ratio)
-        if grown is None:
-            return None
-        rect = cv2.minAreaRect(grown)
-        if min(rect[1]) < self.min_size + 2:
-            return None
-        return cv2.boxPoints(rect).astype(np.float64)
+    def _quads(self, candidates: list[tuple[float, np.ndarray]]) -> tuple[np.ndarray, list[float]]:
+        """Boxes of all candidates: min-area rectangle, unclipped, min-area rectangle again.
+
+        The three per-box OpenCV/pyclipper calls stay in the loops; their inputs (the unclip
+        distance, pyclipper's integer path) are computed for all boxes at once in between.
+        """
+        # minAreaRect takes the int32 contour as is: it converts the hull to float32 itself
+        rects = [cv2.minAreaRect(contour) for _, contour in candidates]
+        kept = [i for i, rect in enumerate(rects) if min(rect[1]) >= self.min_size]
+        if not kept:
+            return np.empty((0, 4, 2)), []
+        corners = np.stack([cv2.boxPoints(rects[i]) for i in kept])  # float32, as unclip measures them
+        area, length = rectangle_area_and_length(corners)
+        distances = (area * self.box_unclip_ratio / np.where(length > 0, length, 1.0)).tolist()
+        paths = np.round(corners).astype(np.int64).tolist()
+        offsetter = pyclipper.PyclipperOffset()
+        quads, scores = [], []
+        for i, path, distance, positive in zip(kept, paths, distances, ((area > 0) & (length > 0)).tolist()):
+            if not positive:
+                continue
+            offsetter.Clear()
+            offsetter.AddPath(path, pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
+            grown = offsetter.Execute(distance)
+            if len(grown) != 1:
+                continue
+            rect = cv2.minAreaRect(np.asarray(grown[0], dtype=np.int32))
+            if min(rect[1]) < self.min_size + 2:
+                continue
+            quads.append(cv2.boxPoints(rect))
+            scores.append(float(candidates[i][0]))
+        if not quads:
+            return np.empty((0, 4, 2)), []
+        return order_quads(np.stack(quads).astype(np.float64)), scores
 
     def _polygon(self, contour: np.ndarray) -> np.ndarray | None:
         points = contour.reshape(-1, 2).astype(np.float32)

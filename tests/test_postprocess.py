@@ -102,3 +102,18 @@ def test_same_output_as_the_reference_implementation(use_polygon):
             assert ours.scores == pytest.approx(reference.scores, abs=1e-12)
             for a, b in zip(ours.polygons, reference.polygons):
                 np.testing.assert_array_equal(a, b)
+
+
+def test_vectorised_rectangle_area_and_length_match_opencv_bit_for_bit():
+    # the unclip distance is computed for all boxes at once; any last-bit difference from
+    # cv2.contourArea / cv2.arcLength could move pyclipper's rounded output
+    import cv2
+
+    from ocr.postprocess import rectangle_area_and_length
+
+    rng = np.random.default_rng(0)
+    rects = [((rng.uniform(0, 2000), rng.uniform(0, 2000)), (rng.uniform(0.5, 400), rng.uniform(0.5, 60)), rng.uniform(-90, 90)) for _ in range(5000)]
+    corners = np.stack([cv2.boxPoints(rect) for rect in rects])
+    area, length = rectangle_area_and_length(corners)
+    np.testing.assert_array_equal(area, [cv2.contourArea(c) for c in corners])
+    np.testing.assert_array_equal(length, [cv2.arcLength(c, True) for c in corners])

@@ -80,7 +80,9 @@ def offset_distances(polygons: list[np.ndarray], shrink_ratio: float) -> np.ndar
 
 
 @njit(cache=True, nogil=True)
-def _rasterize(points, starts, distances, kinds, tolerance, shrink_map, shrink_mask, threshold_dist, threshold_mask):  # pragma: no cover
+def _rasterize(  # pragma: no cover
+    points, starts, distances, kinds, tolerance, thresh_min, thresh_span, shrink_map, shrink_mask, threshold_map, threshold_mask
+):
     height, width = shrink_map.shape
     for p in range(distances.shape[0]):
         begin, count = starts[p], starts[p + 1] - starts[p]
@@ -142,32 +144,49 @@ def _rasterize(points, starts, distances, kinds, tolerance, shrink_map, shrink_m
                     qx = dx - t * edge_x
                     qy = dy - t * edge_y
                     best_row[col] = min(best_row[col], qx * qx + qy * qy)
+        # squared distance -> distance, once per pixel
+        for row in range(box_h):
+            best_row = best[row]
+            for col in range(box_w):
+                best_row[col] = math.sqrt(best_row[col])
         if not text:  # don't care / too small / degenerate: out of the loss
             for row in range(box_h):
                 for col in range(box_w):
-                    if inside[row, col] or math.sqrt(best[row, col]) <= tolerance:
+                    if inside[row, col] or best[row, col] <= tolerance:
                         shrink_mask[y0 + row, x0 + col] = 0.0
             continue
         has_kernel = False
         for row in range(box_h):
             for col in range(box_w):
-                if inside[row, col] and math.sqrt(best[row, col]) >= distance - tolerance:
+                if inside[row, col] and best[row, col] >= distance - tolerance:
                     has_kernel = True
+                    break
+            if has_kernel:
+                break
+        if not has_kernel:  # unshrinkable: ignore it rather than teach an empty word
+            for row in range(box_h):
+                for col in range(box_w):
+                    if inside[row, col] or best[row, col] <= tolerance:
+                        shrink_mask[y0 + row, x0 + col] = 0.0
+            continue
+        kernel_from, mask_to = distance - tolerance, distance + tolerance
         for row in range(box_h):
+            # row views of this polygon's box: the pixel loop indexes 1-D arrays only
+            inside_row, d_row = inside[row], best[row]
+            shrink_row = shrink_map[y0 + row, x0 : x0 + box_w]
+            mask_row = threshold_mask[y0 + row, x0 : x0 + box_w]
+            threshold_row = threshold_map[y0 + row, x0 : x0 + box_w]
             for col in range(box_w):
-                y, x = y0 + row, x0 + col
-                d = math.sqrt(best[row, col])
-                if not has_kernel:  # unshrinkable: ignore it rather than teach an empty word
-                    if inside[row, col] or d <= tolerance:
-                        shrink_mask[y, x] = 0.0
-                    continue
-                if inside[row, col] and d >= distance - tolerance:
-                    shrink_map[y, x] = 1.0
-                if inside[row, col] or d <= distance + tolerance:
-                    threshold_mask[y, x] = 1.0
-                value = 1.0 - min(d / distance, 1.0)
-                if value > threshold_dist[y, x]:
-                    threshold_dist[y, x] = value
+                d = d_row[col]
+                if inside_row[col] and d >= kernel_from:
+                    shrink_row[col] = 1.0
+                if inside_row[col] or d <= mask_to:
+                    mask_row[col] = 1.0
+                # computed in float64 and rounded once: float32 rounding is monotonic, so the
+                # max of rounded values is the rounded max (the same bits as a float64 map)
+                value = np.float32(thresh_min + thresh_span * (1.0 - min(d / distance, 1.0)))
+                if value > threshold_row[col]:
+                    threshold_row[col] = value
 
 
 def classify(polygons: list[np.ndarray | None], ignore: np.ndarray, config: TargetConfig) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
@@ -175,11 +194,15 @@ def classify(polygons: list[np.ndarray | None], ignore: np.ndarray, config: Targ
     kept = [(p, bool(i)) for p, i in zip(polygons, ignore) if p is not None]
     shapes = [p for p, _ in kept]
     distances = offset_distances(shapes, config.shrink_ratio)
-    kinds = np.empty(len(shapes), dtype=np.int64)
-    for k, (polygon, ignored) in enumerate(kept):
-        extent = polygon.max(axis=0) - polygon.min(axis=0)
-        small = extent.min() < config.min_text_size
-        kinds[k] = IGNORED if ignored or small or distances[k] <= 0 else TEXT
+    if not shapes:
+        return shapes, distances, np.empty(0, dtype=np.int64)
+    # bounding-box extents of all polygons at once (one reduceat over the stacked points)
+    points = np.concatenate(shapes)
+    starts = np.cumsum([0] + [len(p) for p in shapes[:-1]])
+    extent = np.maximum.reduceat(points, starts) - np.minimum.reduceat(points, starts)
+    small = extent.min(axis=1) < config.min_text_size
+    ignored = np.array([i for _, i in kept], dtype=bool)
+    kinds = np.where(ignored | small | (distances <= 0), IGNORED, TEXT).astype(np.int64)
     return shapes, distances, kinds
 
 
@@ -199,16 +222,18 @@ def make_db_targets(
     shapes, distances, kinds = classify(usable_polygons(polygons), ignore, config)
     shrink_map = np.zeros(shape, dtype=np.float32)
     shrink_mask = np.ones(shape, dtype=np.float32)
-    threshold_dist = np.zeros(shape, dtype=np.float64)
+    # written in float32 directly: full-size float64 scratch maps cost more in page faults
+    # (fresh memory on every call) than the rasterisation itself
+    threshold_map = np.full(shape, config.thresh_min, dtype=np.float32)
     threshold_mask = np.zeros(shape, dtype=np.float32)
     if shapes:
         points = np.ascontiguousarray(np.concatenate(shapes), dtype=np.float64)
         starts = np.concatenate([[0], np.cumsum([len(s) for s in shapes])]).astype(np.int64)
         _rasterize(
             points, starts, distances.astype(np.float64), kinds, OUTLINE_TOLERANCE,
-            shrink_map, shrink_mask, threshold_dist, threshold_mask,
+            config.thresh_min, config.thresh_max - config.thresh_min,
+            shrink_map, shrink_mask, threshold_map, threshold_mask,
         )
-    threshold_map = (config.thresh_min + (config.thresh_max - config.thresh_min) * threshold_dist).astype(np.float32)
     return {
         "shrink_map": shrink_map,
         "shrink_mask": shrink_mask,
