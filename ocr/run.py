@@ -165,6 +165,8 @@ def _train(cfg: DictConfig, loggers: list[Logger]) -> dict[str, float]:
     module = build_module(cfg)
     checkpoint_callback = _checkpoint_callback(cfg)
     callbacks: list[Callback] = [checkpoint_callback, LearningRateMonitor(logging_interval="step"), RichProgressBar()]
+    if cfg.get("weight_averaging"):
+        callbacks.append(instantiate(cfg.weight_averaging))
     callbacks += tracking_callbacks(cfg, "train")
     trainer = build_trainer(cfg, callbacks, loggers)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume"))

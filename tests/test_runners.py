@@ -133,3 +133,22 @@ def test_test_runner_on_an_unannotated_split_says_which_folder(trained, tiny):
     )  # fmt: skip
     assert result.returncode != 0
     assert f"the test split has no annotations to score against: {images} (no annotation file)" in result.stderr
+
+
+def test_weight_averaging_puts_the_averaged_weights_in_the_checkpoint(tiny):
+    import torch
+
+    root, common = tiny
+    out = root / "ema"
+    run_runner(
+        "train.py", "exp_name=ema", f"output_dir={out}", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+        "predict_after_fit=false", "weight_averaging={_target_: lightning.pytorch.callbacks.EMAWeightAveraging, decay: 0.5}",
+        *common,
+    )
+    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    averaged, current = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert averaged.keys() == current.keys()
+    weights = [k for k, v in averaged.items() if v.is_floating_point() and "bn" not in k and k.endswith("weight")]
+    assert weights and any(not torch.equal(averaged[k], current[k]) for k in weights)  # averaged, not the raw weights
+    # test.py scores the averaged weights, like validation did
+    run_runner("test.py", f"checkpoint_path={out / 'checkpoints' / 'last.ckpt'}", f"output_dir={root / 'ema_test'}", *common)
