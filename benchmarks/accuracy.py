@@ -8,7 +8,8 @@ the checkpoint's architecture), e.g. ``image_size=960 models.postprocess.box_thr
 Reports IoU precision / recall / hmean (ICDAR-2015 one-to-one matching at IoU > 0.5, both
 pooled over all images and as the mean of per-image scores), CLEval precision / recall /
 hmean (mean of per-image scores, as the competition leaderboard) and seconds per image
-(network + post-processing, batch 1, this machine).
+(network + post-processing, batch 1, this machine; ``device=cuda`` or ``device=cpu``, by default
+the GPU when there is one).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from ocr.run import build_module, load_checkpoint_into  # noqa: E402
 
 
 def parse(argv: list[str], doc: str = __doc__) -> tuple[dict[str, str], list[str]]:
-    own = {"checkpoint_path": None, "images": None, "annotations": None}
+    own = {"checkpoint_path": None, "images": None, "annotations": None, "device": "auto"}
     overrides = []
     for arg in argv:
         key, _, value = arg.partition("=")
@@ -59,24 +60,47 @@ def load(own: dict[str, str], overrides: list[str]) -> tuple[DictConfig, DBNetMo
     register_resolvers()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="test", overrides=[f"checkpoint_path={own['checkpoint_path']}", *overrides])
-    checkpoint = load_checkpoint_into(cfg)
+    checkpoint = load_checkpoint_into(cfg, overrides)
     module = build_module(cfg)
     module.load_state_dict(checkpoint["state_dict"])
-    module.eval()
+    module.eval().to(inference_device(own.get("device", "auto")))
     dataset = ReceiptDataset(own["images"], own["annotations"], resize=instantiate(cfg.datasets.eval_resize), targets=None)
     return cfg, module, dataset
+
+
+def inference_device(name: str) -> torch.device:
+    """``auto``: the GPU when there is one, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
 
 
 def network_outputs(
     cfg: DictConfig, module: DBNetModule, dataset: ReceiptDataset
 ) -> Iterator[tuple[dict[str, Any], torch.Tensor, float]]:
-    """(batch of one image, probability logits, network seconds) for every image."""
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in str(cfg.trainer.precision))
+    """(batch of one image, probability logits, network seconds) for every image; the seconds
+    include the copy to the device and, on a GPU, wait for the kernels to finish."""
+    device = module.mean.device
+    precision = str(cfg.trainer.precision)
+    dtype = torch.bfloat16 if "bf16" in precision else torch.float16 if precision.startswith("16") else None
+    # float16 autocast is a GPU mode; the CPU runs bf16 or float32
+    enabled = dtype is torch.bfloat16 or (dtype is torch.float16 and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=enabled)
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     for index in range(len(dataset)):
         batch = collate_receipts([dataset[index]])
+        if index == 0:  # warm-up (CUDA context, cuDNN autotuning) outside the timing
+            with torch.no_grad(), autocast:
+                module.prob_logits(batch["image"].to(device))
+            synchronize()
         start = time.perf_counter()
         with torch.no_grad(), autocast:
-            logits = module.prob_logits(batch["image"])
+            logits = module.prob_logits(batch["image"].to(device))
+        synchronize()
         yield batch, logits, time.perf_counter() - start
 
 
@@ -107,6 +131,12 @@ def record(batch: dict[str, Any], found: Detections) -> tuple[str, Any, Any, Any
     return batch["name"][0], batch["gt_polygons"][0], batch["gt_ignore"][0], batch["gt_texts"][0], found.polygons
 
 
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{torch.get_num_threads()} CPU threads"
+
+
 def print_table(result: dict[str, float]) -> None:
     print("| metric | value |\n| --- | --- |")
     for name, value in result.items():
@@ -124,7 +154,7 @@ def main(argv: list[str]) -> dict[str, float]:
         records.append(record(batch, found))
     result = {**evaluate(records), "seconds per image": float(np.mean(seconds))}
     print(f"\n{len(dataset)} images from {own['images']}; checkpoint {own['checkpoint_path']}; "
-          f"eval resize {cfg.datasets.eval_resize.mode} {cfg.image_size}; {torch.get_num_threads()} CPU threads, "
+          f"eval resize {cfg.datasets.eval_resize.mode} {cfg.image_size}; {describe(module.mean.device)}, "
           f"{cfg.trainer.precision}, TTA scales {list(module.tta_scales) or 'none'}")
     print_table(result)
     return result
