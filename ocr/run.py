@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ocr.data.datamodule import ReceiptDataModule
 from ocr.lightning_module import DBNetModule
@@ -40,6 +40,13 @@ T = TypeVar("T")
 # Parts of the config that define the network's weights: a checkpoint carries them so test
 # and predict rebuild the same architecture whatever the command line says.
 ARCHITECTURE_KEYS = ("encoder", "decoder", "head")
+# How a checkpoint was validated while it trained: test, predict and the benchmarks infer the same
+# way (a receipt checkpoint trained at long side 1600 is not scored at the default 640) unless the
+# command line names the setting. A preset alone does not count: `checkpoint_path=` is enough.
+INFERENCE_KEYS = ("image_size", "datasets.eval_resize", "models.postprocess", "lightning_module.tta_scales")
+# a setting that follows another one: `image_size=...` on the command line sizes evaluation too
+FOLLOWS = {"datasets.eval_resize.image_size": "image_size"}
+_ABSENT = object()
 
 
 def build_model(models_cfg: DictConfig) -> DBNet:
@@ -105,20 +112,78 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Logg
     return L.Trainer(callbacks=callbacks, logger=loggers, default_root_dir=cfg.output_dir, **options)
 
 
-def load_checkpoint_into(cfg: DictConfig) -> dict[str, Any]:
+def load_checkpoint_into(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
     """Read ``cfg.checkpoint_path``; put its architecture into ``cfg.models`` (the weights
-    only fit the network they were trained with) and return the checkpoint."""
+    only fit the network they were trained with) and its inference settings (``INFERENCE_KEYS``)
+    into ``cfg`` except those named in ``overrides`` (by default the Hydra command line), and
+    return the checkpoint."""
     path = Path(cfg.checkpoint_path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    stored = (checkpoint.get("ocr_config") or {}).get("models", {})
+    run_config = checkpoint.get("ocr_config") or {}
+    stored = run_config.get("models", {})
     for key in ARCHITECTURE_KEYS:
         if key in stored:
             if OmegaConf.to_container(cfg.models[key], resolve=True) != stored[key]:
                 log.info("Using the checkpoint's models.%s settings: %s", key, stored[key])
             cfg.models[key] = stored[key]
+    adopt_inference_settings(cfg, run_config, command_line_keys(overrides))
     return checkpoint
+
+
+def command_line_keys(overrides: list[str] | None = None) -> set[str]:
+    """The config keys set by ``overrides`` (``key=value``, ``+key=value``...); by default
+    the command line of the running Hydra app, none outside one."""
+    if overrides is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return {override.split("=", 1)[0].lstrip("+~") for override in overrides}
+
+
+def _leaves(value: Any, prefix: str) -> list[tuple[str, Any]]:
+    if isinstance(value, dict):
+        return [leaf for key, item in value.items() for leaf in _leaves(item, f"{prefix}.{key}")]
+    return [(prefix, value)]
+
+
+def _nested(tree: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return _ABSENT
+        tree = tree[part]
+    return tree
+
+
+def adopt_inference_settings(cfg: DictConfig, run_config: dict[str, Any], named: set[str]) -> dict[str, Any]:
+    """Put the checkpoint's ``INFERENCE_KEYS`` (from its resolved ``run_config``) into ``cfg``,
+    leaf by leaf, except the leaves ``named`` (or under a named key) on the command line;
+    returns what changed."""
+
+    def is_named(leaf: str) -> bool:
+        keys = [leaf, FOLLOWS.get(leaf, leaf)]
+        return any(k == name or k.startswith(name + ".") for k in keys for name in named)
+
+    changed = {}
+    for key in INFERENCE_KEYS:
+        for leaf, value in _leaves(_nested(run_config, key), key):
+            if value is _ABSENT or is_named(leaf):
+                continue
+            current = OmegaConf.select(cfg, leaf, default=_ABSENT)
+            if current is _ABSENT:  # a setting this version no longer has
+                continue
+            if isinstance(current, (DictConfig, ListConfig)):
+                current = OmegaConf.to_container(current, resolve=True)
+            if current != value:
+                OmegaConf.update(cfg, leaf, value, merge=False)
+                changed[leaf] = value
+    if changed:
+        log.info(
+            "Inferring as the checkpoint was validated (name a setting on the command line to change it): %s",
+            ", ".join(f"{k}={v}" for k, v in changed.items()),
+        )
+    return changed
 
 
 def _checkpoint_callback(cfg: DictConfig) -> ModelCheckpoint:

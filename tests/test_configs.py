@@ -70,3 +70,38 @@ def test_optimizer_is_partial_and_scheduler_gets_total_steps():
         optimizer.step()
         scheduler.step()
     assert lrs[0] < lrs[cfg.models.scheduler.warmup_steps] and lrs[-1] < 0.05 * max(lrs)
+
+
+def test_checkpoint_inference_settings_apply_unless_named_on_the_command_line(tmp_path):
+    from omegaconf import OmegaConf
+
+    from ocr.run import load_checkpoint_into
+
+    trained = compose_config(
+        "train",
+        ["preset=sroie", "models.encoder.pretrained=false", "datasets.eval_resize.mode=short_side",
+         "models.postprocess.box_thresh=0.7", "lightning_module.tta_scales=[1.0,1.25]"],
+    )
+    path = tmp_path / "receipts.ckpt"
+    torch.save({"state_dict": {}, "ocr_config": OmegaConf.to_container(trained, resolve=True)}, path)
+
+    # `checkpoint_path=` alone: evaluation as the checkpoint was validated, not the example preset's
+    plain = [f"checkpoint_path={path}"]
+    cfg = compose_config("test", plain)
+    assert cfg.image_size == 640 and cfg.datasets.eval_resize.mode == "long_side"
+    load_checkpoint_into(cfg, plain)
+    resize = instantiate(cfg.datasets.eval_resize)
+    assert (cfg.image_size, resize.image_size, resize.mode) == (1600, 1600, "short_side")
+    postprocess = instantiate(cfg.models.postprocess)
+    assert (postprocess.thresh, postprocess.box_thresh) == (0.35, 0.7)
+    assert list(cfg.lightning_module.tta_scales) == [1.0, 1.25]
+
+    # what the command line names wins, the rest still comes from the checkpoint
+    named = [*plain, "image_size=800", "models.postprocess.thresh=0.2", "lightning_module.tta_scales=null"]
+    cfg = compose_config("test", named)
+    load_checkpoint_into(cfg, named)
+    resize = instantiate(cfg.datasets.eval_resize)
+    assert (cfg.image_size, resize.image_size, resize.mode) == (800, 800, "short_side")
+    postprocess = instantiate(cfg.models.postprocess)
+    assert (postprocess.thresh, postprocess.box_thresh) == (0.2, 0.7)
+    assert cfg.lightning_module.tta_scales is None
