@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import ocr  # noqa: E402,F401
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
@@ -36,6 +37,7 @@ from ocr.config import register_resolvers  # noqa: E402
 from ocr.data.dataset import ReceiptDataset, collate_receipts  # noqa: E402
 from ocr.lightning_module import DBNetModule  # noqa: E402
 from ocr.metrics.detection import DetectionEvaluator  # noqa: E402
+from ocr.metrics.iou import as_polygons, iou_match  # noqa: E402
 from ocr.postprocess import Detections  # noqa: E402
 from ocr.run import build_module, load_checkpoint_into  # noqa: E402
 
@@ -126,6 +128,39 @@ def evaluate(records: Iterable[tuple[str, Any, Any, Any, Any]]) -> dict[str, flo
     }
 
 
+# GT short side (min-area rectangle, original pixels): single digits and colons on receipts are
+# 5-12 px wide, the usual printed line 14-30 px tall
+TEXT_SIZE_EDGES = (0, 8, 12, 16, 24, 32)
+
+
+def recall_by_text_size(records: Iterable[tuple[str, Any, Any, Any, Any]]) -> list[tuple[str, int, float]]:
+    """(size range, care GT, IoU recall) per GT short-side range: where the missed words are. The
+    matching is the pooled IoU score's (one-to-one, IoU > 0.5, ``###`` words don't care)."""
+    edges = np.asarray(TEXT_SIZE_EDGES, dtype=np.float64)
+    totals = np.zeros(len(edges), dtype=np.int64)
+    found = np.zeros(len(edges), dtype=np.int64)
+    for _, gt_polygons, gt_ignore, gt_texts, detections in records:
+        gts = as_polygons(gt_polygons)
+        ignore = np.zeros(len(gts), dtype=bool) if gt_ignore is None else np.asarray(gt_ignore, dtype=bool).reshape(-1)
+        if gt_texts is not None:
+            ignore = ignore | np.array([t == "###" for t in gt_texts], dtype=bool)
+        matched = np.zeros(len(gts), dtype=bool)
+        matched[list(iou_match(gts, detections, ignore).matched_gt)] = True
+        for polygon, is_matched in zip((g for g, i in zip(gts, ignore) if not i), matched[~ignore]):
+            short_side = min(cv2.minAreaRect(polygon.astype(np.float32))[1]) if len(polygon) >= 3 else 0.0
+            bucket = int(np.searchsorted(edges, short_side, side="right")) - 1
+            totals[bucket] += 1
+            found[bucket] += is_matched
+    labels = [f"{lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:])] + [f">= {edges[-1]:g}"]
+    return [(label, int(n), float(k / n) if n else float("nan")) for label, n, k in zip(labels, totals, found)]
+
+
+def print_size_table(rows: list[tuple[str, int, float]]) -> None:
+    print("\n| GT short side (px) | care GT | IoU recall |\n| --- | --- | --- |")
+    for label, count, recall in rows:
+        print(f"| {label} | {count} | {recall:.4f} |")
+
+
 def record(batch: dict[str, Any], found: Detections) -> tuple[str, Any, Any, Any, Any]:
     """The :func:`evaluate` record of a batch of one image and its detections."""
     return batch["name"][0], batch["gt_polygons"][0], batch["gt_ignore"][0], batch["gt_texts"][0], found.polygons
@@ -157,6 +192,7 @@ def main(argv: list[str]) -> dict[str, float]:
           f"eval resize {cfg.datasets.eval_resize.mode} {cfg.image_size}; {describe(module.mean.device)}, "
           f"{cfg.trainer.precision}, TTA scales {list(module.tta_scales) or 'none'}")
     print_table(result)
+    print_size_table(recall_by_text_size(records))
     return result
 
 

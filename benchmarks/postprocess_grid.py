@@ -5,8 +5,10 @@
 
 The network runs once per image; every setting then re-decodes the cached probability maps with
 the module's own post-processor (``DBNetModule.decode``) and is scored with IoU-hmean (pooled) and
-CLEval. Prints the best settings first, and the winner as Hydra overrides for a preset. Other
-``key=value`` arguments are Hydra overrides (``image_size=...``). For a W&B sweep over the same
+CLEval. Prints the best settings first, and the winner as Hydra overrides for a preset.
+``grid.<setting>=v1,v2,...`` replaces the values tried for a setting (``grid.box_unclip_ratio=0.8,1.0``:
+a model trained with another ``shrink_ratio`` wants other unclip ratios), ``polygons=false`` skips
+the polygon settings. Other ``key=value`` arguments are Hydra overrides (``image_size=...``). For a W&B sweep over the same
 settings (one run per trial, on many machines) use ``configs/sweep/postprocess.yaml``.
 """
 
@@ -30,13 +32,40 @@ GRID = {
 POLYGON_GRID = {"thresh": [0.25, 0.3, 0.35], "box_thresh": [0.5, 0.6], "polygon_unclip_ratio": [1.4, 1.6, 1.8, 2.0]}
 
 
-def settings() -> list[dict]:
-    quads = [dict(zip(GRID, values), use_polygon=False) for values in itertools.product(*GRID.values())]
-    polygons = [dict(zip(POLYGON_GRID, values), use_polygon=True) for values in itertools.product(*POLYGON_GRID.values())]
-    return quads + polygons
+def settings(replaced: dict[str, list[float]] | None = None, polygons: bool = True) -> list[dict]:
+    """Every combination of the box grid (then the polygon grid), with ``replaced`` values for the
+    settings it names."""
+    replaced = replaced or {}
+    unknown = set(replaced) - set(GRID) - set(POLYGON_GRID)
+    if unknown:
+        raise SystemExit(f"no grid setting {', '.join(sorted(unknown))}; known: {', '.join(sorted({*GRID, *POLYGON_GRID}))}")
+    box_grid = {k: replaced.get(k, v) for k, v in GRID.items()}
+    polygon_grid = {k: replaced.get(k, v) for k, v in POLYGON_GRID.items()}
+    quads = [dict(zip(box_grid, values), use_polygon=False) for values in itertools.product(*box_grid.values())]
+    shapes = [dict(zip(polygon_grid, values), use_polygon=True) for values in itertools.product(*polygon_grid.values())]
+    return quads + (shapes if polygons else [])
+
+
+def split_grid_arguments(argv: list[str]) -> tuple[dict[str, list[float]], bool, list[str]]:
+    """(replaced grid values, whether to try polygons, the other arguments)."""
+    replaced, polygons, rest = {}, True, []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.startswith("grid."):
+            try:
+                replaced[key[len("grid."):]] = [float(v) for v in value.strip("[]").split(",") if v.strip()]
+            except ValueError:
+                raise SystemExit(f"{arg}: expected comma-separated numbers") from None
+        elif key == "polygons":
+            polygons = value.lower() not in ("false", "0", "no")
+        else:
+            rest.append(arg)
+    return replaced, polygons, rest
 
 
 def main(argv: list[str]) -> list[tuple[dict, dict]]:
+    replaced, polygons, argv = split_grid_arguments(argv)
+    grid = settings(replaced, polygons)
     own, overrides = parse(argv, __doc__)
     cfg, module, dataset = load(own, overrides)
     start = time.perf_counter()
@@ -44,7 +73,7 @@ def main(argv: list[str]) -> list[tuple[dict, dict]]:
     print(f"{len(cached)} images through the network in {time.perf_counter() - start:.0f} s", flush=True)
     base = module.postprocess
     results = []
-    for setting in settings():
+    for setting in grid:
         module.postprocess = dataclasses.replace(base, **setting)
         scores = evaluate([record(batch, module.decode(logits, batch)[0]) for batch, logits in cached])
         results.append((setting, scores))

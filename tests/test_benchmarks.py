@@ -39,3 +39,42 @@ def test_submission_csv_with_a_missing_word_and_a_missing_image(truth, tmp_path)
     (tmp_path / "bad.json").write_text(json.dumps({"nothing": 1}))
     with pytest.raises(ValueError, match="bad.json"):
         score_predictions.main([f"predictions={tmp_path / 'bad.json'}", f"images={image_dir}", f"annotations={json_path}"])
+
+
+def test_recall_by_text_size_puts_each_word_in_its_short_side_range():
+    import numpy as np
+
+    from benchmarks.accuracy import TEXT_SIZE_EDGES, recall_by_text_size
+
+    digit, line, tall, ignored = rect(10, 10, 17, 26), rect(40, 10, 200, 30), rect(10, 60, 300, 100), rect(0, 200, 5, 210)
+    gts = [np.array(p, float) for p in (digit, line, tall, ignored)]
+    # the 7 x 16 digit found, the 20 px line missed (a box 3x too wide), the 40 px block found;
+    # the "###" word is don't care and counted nowhere
+    found = [gts[0], np.array(rect(40, 10, 680, 30), float), gts[2]]
+    rows = recall_by_text_size([("a.jpg", gts, None, ["1", "TOTAL", "BIG", "###"], found)])
+    assert [label for label, _, _ in rows] == ["0-8", "8-12", "12-16", "16-24", "24-32", ">= 32"]
+    assert len(rows) == len(TEXT_SIZE_EDGES)
+    by_label = {label: (count, recall) for label, count, recall in rows}
+    assert by_label["0-8"] == (1, 1.0)
+    assert by_label["16-24"] == (1, 0.0)
+    assert by_label[">= 32"] == (1, 1.0)
+    assert by_label["8-12"][0] == 0 and np.isnan(by_label["8-12"][1])
+
+
+def test_postprocess_grid_values_from_the_command_line():
+    from benchmarks import postprocess_grid
+
+    replaced, polygons, rest = postprocess_grid.split_grid_arguments(
+        ["grid.box_unclip_ratio=0.8,1.0", "grid.thresh=[0.3]", "polygons=false", "checkpoint_path=x.ckpt", "image_size=640"]
+    )
+    assert replaced == {"box_unclip_ratio": [0.8, 1.0], "thresh": [0.3]} and polygons is False
+    assert rest == ["checkpoint_path=x.ckpt", "image_size=640"]
+    grid = postprocess_grid.settings(replaced, polygons)
+    assert len(grid) == 1 * len(postprocess_grid.GRID["box_thresh"]) * 2
+    assert {s["box_unclip_ratio"] for s in grid} == {0.8, 1.0} and {s["thresh"] for s in grid} == {0.3}
+    with_polygons = postprocess_grid.settings({"thresh": [0.3]})
+    assert {s["thresh"] for s in with_polygons} == {0.3} and any(s["use_polygon"] for s in with_polygons)
+    with pytest.raises(SystemExit, match="no grid setting unclip"):
+        postprocess_grid.settings({"unclip": [1.0]})
+    with pytest.raises(SystemExit, match="comma-separated numbers"):
+        postprocess_grid.split_grid_arguments(["grid.thresh=low"])

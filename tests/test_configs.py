@@ -105,3 +105,28 @@ def test_checkpoint_inference_settings_apply_unless_named_on_the_command_line(tm
     postprocess = instantiate(cfg.models.postprocess)
     assert (postprocess.thresh, postprocess.box_thresh) == (0.2, 0.7)
     assert cfg.lightning_module.tta_scales is None
+
+
+def test_receipt_preset_trains_on_single_digits_that_dbnet_defaults_ignore():
+    import numpy as np
+
+    from ocr.data.targets import make_db_targets
+
+    digit = np.array([[10, 10], [16, 10], [16, 24], [10, 24]], dtype=np.float64)  # a "1", 6 x 14 px
+    line = np.array([[30, 40], [130, 40], [130, 56], [30, 56]], dtype=np.float64)  # a 16 px line
+
+    def kernel(preset):
+        cfg = compose_config("train", [f"preset={preset}", "models.encoder.pretrained=false"])
+        maps = make_db_targets((80, 160), [digit, line], config=instantiate(cfg.datasets.targets))
+        return maps["shrink_map"], maps["shrink_mask"]
+
+    default_map, default_mask = kernel("example")
+    receipt_map, receipt_mask = kernel("sroie")
+    # DBNet's min_text_size 8 masks the digit out of the loss; the receipt preset trains on it
+    assert default_mask[17, 13] == 0 and default_map[10:25, 10:17].sum() == 0
+    assert receipt_mask[17, 13] == 1 and receipt_map[17, 13] == 1
+    # and keeps the line's kernel thicker: shrunk by 5.1 px a side (0.6) instead of 6.7 (0.4), so
+    # 9 rows of pixel centres instead of 5 (each region takes the pixels its outline passes through)
+    assert (receipt_map[30:70, 80].sum(), default_map[30:70, 80].sum()) == (9, 5)
+    gpu = compose_config("train", ["preset=sroie_gpu", "models.encoder.pretrained=false"])
+    assert (gpu.datasets.targets.shrink_ratio, gpu.models.postprocess.box_unclip_ratio) == (0.4, 1.5)  # as measured

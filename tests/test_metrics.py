@@ -52,6 +52,14 @@ def test_iou_shifted_detection_is_unmatched():
     assert c.recall == 0.0 and c.precision == 0.0 and c.hmean == 0.0
 
 
+def test_iou_match_names_the_matched_gt():
+    # GT 1 is missed, GT 2 found; a don't-care GT (index 0) is never among the matched
+    gts = [box(0, 0, 100, 20), box(10, 50, 80, 20), box(150, 10, 60, 25)]
+    c = iou_match(gts, [gts[0].copy(), gts[2].copy()], gt_ignore=[True, False, False])
+    assert c.matched_gt == (2,) and c.num_matched == 1 and c.num_gt == 2
+    assert iou_match(gts, []).matched_gt == ()
+
+
 def test_iou_threshold_is_strict():
     gt, det = box(0, 0, 100, 20), box(0, 0, 100, 10)  # IoU exactly 0.5
     assert iou_match([gt], [det]).num_matched == 0  # script: iou > IOU_CONSTRAINT

@@ -105,6 +105,7 @@ def test_accuracy_benchmark_and_postprocess_grid_agree(trained, tiny, monkeypatc
     scores = accuracy.main([f"checkpoint_path={checkpoint}", *data, *overrides])
     printed = capsys.readouterr().out
     assert "| IoU hmean (pooled) |" in printed and "| CLEval hmean |" in printed
+    assert "| GT short side (px) | care GT | IoU recall |" in printed
     assert all(0.0 <= scores[k] <= 1.0 for k in scores if k != "seconds per image")
     assert scores["seconds per image"] > 0
 
@@ -119,6 +120,13 @@ def test_accuracy_benchmark_and_postprocess_grid_agree(trained, tiny, monkeypatc
     for name in ("IoU hmean (pooled)", "CLEval hmean", "CLEval precision", "IoU recall (pooled)"):
         assert same[name] == pytest.approx(scores[name]), name
     assert "best: models.postprocess." in capsys.readouterr().out
+    # the grid from the command line: the same rows for the settings both runs tried
+    narrowed = postprocess_grid.main([f"checkpoint_path={checkpoint}", *data, *overrides, "grid.thresh=0.3", "polygons=false"])
+    tried = sorted((setting for setting, _ in narrowed), key=lambda setting: setting["box_unclip_ratio"])
+    assert tried == [{"thresh": 0.3, "box_thresh": 0.6, "box_unclip_ratio": r, "use_polygon": False} for r in (1.5, 2.0)]
+    for setting, s in narrowed:
+        twin = next(t for other, t in results if other == setting)
+        assert s["IoU hmean (pooled)"] == pytest.approx(twin["IoU hmean (pooled)"])
 
 
 def test_test_runner_on_an_unannotated_split_says_which_folder(trained, tiny):

@@ -25,7 +25,7 @@ plain pair-by-pair loop of the ICDAR15 rule.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import shapely
@@ -44,6 +44,9 @@ class IoUCounts:
     num_gt: int
     num_det: int
     num_matched: int
+    # indices (into the GT given to iou_match) of the matched GT, for breakdowns such as recall by
+    # text size; not part of equality, so counts compare as counts
+    matched_gt: tuple[int, ...] = field(default=(), compare=False)
 
     @property
     def recall(self) -> float:
@@ -155,7 +158,7 @@ def iou_match(
 
     num_gt = int((~gt_dc).sum())
     num_det = int((~det_dc).sum())
-    matched = 0
+    matched_gt: list[int] = []
     if num_gt and num_det:
         gt_area, det_area = shapely.area(gts), shapely.area(dets)
         gb, db = shapely.bounds(gts), shapely.bounds(dets)  # NaN for empty geometries
@@ -186,6 +189,6 @@ def iou_match(
             for j in np.flatnonzero(ok[i]):
                 if not det_used[j]:
                     det_used[j] = True
-                    matched += 1
+                    matched_gt.append(int(i))
                     break
-    return IoUCounts(num_gt=num_gt, num_det=num_det, num_matched=matched)
+    return IoUCounts(num_gt=num_gt, num_det=num_det, num_matched=len(matched_gt), matched_gt=tuple(matched_gt))
