@@ -6,10 +6,12 @@
 The network runs once per image; every setting then re-decodes the cached probability maps with
 the module's own post-processor (``DBNetModule.decode``) and is scored with IoU-hmean (pooled) and
 CLEval. Prints the best settings first, and the winner as Hydra overrides for a preset.
+
 ``grid.<setting>=v1,v2,...`` replaces the values tried for a setting (``grid.box_unclip_ratio=0.8,1.0``:
-a model trained with another ``shrink_ratio`` wants other unclip ratios), ``polygons=false`` skips
-the polygon settings. Other ``key=value`` arguments are Hydra overrides (``image_size=...``). For a W&B sweep over the same
-settings (one run per trial, on many machines) use ``configs/sweep/postprocess.yaml``.
+a model trained with another ``shrink_ratio`` wants other unclip ratios); ``polygons=false`` skips
+the polygon settings. Other ``key=value`` arguments are Hydra overrides (``image_size=...``).
+For a W&B sweep over the same settings (one run per trial, on many machines) use
+``configs/sweep/postprocess.yaml``.
 """
 
 from __future__ import annotations
