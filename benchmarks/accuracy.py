@@ -36,7 +36,7 @@ from omegaconf import DictConfig  # noqa: E402
 from ocr.config import register_resolvers  # noqa: E402
 from ocr.data.dataset import ReceiptDataset, collate_receipts  # noqa: E402
 from ocr.lightning_module import DBNetModule  # noqa: E402
-from ocr.metrics.detection import DetectionEvaluator  # noqa: E402
+from ocr.metrics.detection import DetectionEvaluator, dont_care_flags  # noqa: E402
 from ocr.metrics.iou import as_polygons, iou_match  # noqa: E402
 from ocr.postprocess import Detections  # noqa: E402
 from ocr.run import build_module, load_checkpoint_into  # noqa: E402
@@ -141,9 +141,7 @@ def recall_by_text_size(records: Iterable[tuple[str, Any, Any, Any, Any]]) -> li
     found = np.zeros(len(edges), dtype=np.int64)
     for _, gt_polygons, gt_ignore, gt_texts, detections in records:
         gts = as_polygons(gt_polygons)
-        ignore = np.zeros(len(gts), dtype=bool) if gt_ignore is None else np.asarray(gt_ignore, dtype=bool).reshape(-1)
-        if gt_texts is not None:
-            ignore = ignore | np.array([t == "###" for t in gt_texts], dtype=bool)
+        ignore = dont_care_flags(len(gts), gt_ignore, gt_texts)  # as the evaluator decides
         matched = np.zeros(len(gts), dtype=bool)
         matched[list(iou_match(gts, detections, ignore).matched_gt)] = True
         for polygon, is_matched in zip((g for g, i in zip(gts, ignore) if not i), matched[~ignore]):

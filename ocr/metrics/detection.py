@@ -11,9 +11,19 @@ import torch.distributed as dist
 from ocr.metrics.cleval import cleval_image_scores
 from ocr.metrics.iou import IoUCounts, as_polygons, iou_match, pooled_scores
 
-__all__ = ["DetectionEvaluator"]
+__all__ = ["DetectionEvaluator", "dont_care_flags"]
 
 _SCORE_KEYS = ("recall", "precision", "hmean")
+
+
+def dont_care_flags(
+    num_gt: int, gt_ignore: Sequence[bool] | np.ndarray | None = None, gt_texts: Sequence[str | None] | None = None
+) -> np.ndarray:
+    """Don't-care GT: flagged in ``gt_ignore`` or transcribed ``###``."""
+    ignore = np.zeros(num_gt, dtype=bool) if gt_ignore is None else np.asarray(gt_ignore, bool).reshape(-1)
+    if gt_texts is not None:
+        ignore = ignore | np.array([t == "###" for t in gt_texts], dtype=bool)
+    return ignore
 
 
 class DetectionEvaluator:
@@ -43,9 +53,7 @@ class DetectionEvaluator:
         gts = as_polygons(gt_polys)
         # Fewer than 3 points enclose nothing; dropped before both metrics so their counts agree.
         dets = [d for d in as_polygons(det_polys) if len(d) >= 3]
-        ignore = np.zeros(len(gts), dtype=bool) if gt_ignore is None else np.asarray(gt_ignore, bool).reshape(-1)
-        if gt_texts is not None:
-            ignore = ignore | np.array([t == "###" for t in gt_texts], dtype=bool)
+        ignore = dont_care_flags(len(gts), gt_ignore, gt_texts)
 
         counts = iou_match(gts, dets, ignore, iou_threshold=self.iou_threshold)
         if self.use_cleval:
