@@ -59,7 +59,9 @@ def split_grid_arguments(argv: list[str]) -> tuple[dict[str, list[float]], bool,
             except ValueError:
                 raise SystemExit(f"{arg}: expected comma-separated numbers") from None
         elif key == "polygons":
-            polygons = value.lower() not in ("false", "0", "no")
+            if value.lower() not in ("true", "false"):
+                raise SystemExit(f"{arg}: expected polygons=true or polygons=false")
+            polygons = value.lower() == "true"
         else:
             rest.append(arg)
     return replaced, polygons, rest

@@ -78,3 +78,6 @@ def test_postprocess_grid_values_from_the_command_line():
         postprocess_grid.settings({"unclip": [1.0]})
     with pytest.raises(SystemExit, match="comma-separated numbers"):
         postprocess_grid.split_grid_arguments(["grid.thresh=low"])
+    with pytest.raises(SystemExit, match="polygons=true or polygons=false"):
+        postprocess_grid.split_grid_arguments(["polygons=fasle"])  # a typo must not mean "true"
+    assert postprocess_grid.split_grid_arguments(["polygons=True"])[1] is True
