@@ -1,4 +1,4 @@
-"""Score a checkpoint on any folder of images + annotation JSON; prints one Markdown table.
+"""Score a checkpoint on any folder of images + annotation JSON; prints Markdown tables.
 
     python benchmarks/accuracy.py checkpoint_path=outputs/x/checkpoints/last.ckpt \\
         images=../shared/data/sroie_dev/val/images annotations=../shared/data/sroie_dev/val/val.json
@@ -9,7 +9,9 @@ Reports IoU precision / recall / hmean (ICDAR-2015 one-to-one matching at IoU > 
 pooled over all images and as the mean of per-image scores), CLEval precision / recall /
 hmean (mean of per-image scores, as the competition leaderboard) and seconds per image
 (network + post-processing, batch 1, this machine; ``device=cuda`` or ``device=cpu``, by default
-the GPU when there is one).
+the GPU when there is one). Then where the errors are: IoU recall by the words' short side, and the
+unmatched words and boxes by class (merged, split, missed, loose; on text, background; see
+``ocr/metrics/errors.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +40,8 @@ from ocr.config import register_resolvers  # noqa: E402
 from ocr.data.dataset import ReceiptDataset, collate_receipts  # noqa: E402
 from ocr.lightning_module import DBNetModule  # noqa: E402
 from ocr.metrics.detection import DetectionEvaluator, dont_care_flags  # noqa: E402
-from ocr.metrics.iou import as_polygons, iou_match  # noqa: E402
+from ocr.metrics.errors import MatchErrors, match_errors  # noqa: E402
+from ocr.metrics.iou import as_polygons  # noqa: E402
 from ocr.postprocess import Detections  # noqa: E402
 from ocr.run import build_module, load_checkpoint_into  # noqa: E402
 
@@ -139,24 +143,58 @@ def recall_by_text_size(records: Iterable[tuple[str, Any, Any, Any, Any]]) -> li
     edges = np.asarray(TEXT_SIZE_EDGES, dtype=np.float64)
     totals = np.zeros(len(edges), dtype=np.int64)
     found = np.zeros(len(edges), dtype=np.int64)
-    for _, gt_polygons, gt_ignore, gt_texts, detections in records:
-        gts = as_polygons(gt_polygons)
-        ignore = dont_care_flags(len(gts), gt_ignore, gt_texts)  # as the evaluator decides
-        matched = np.zeros(len(gts), dtype=bool)
-        matched[list(iou_match(gts, detections, ignore).matched_gt)] = True
-        for polygon, is_matched in zip((g for g, i in zip(gts, ignore) if not i), matched[~ignore]):
+    for gts, errors in _classified(records):
+        for polygon, label in zip(gts, errors.gt):
+            if label == "dont_care":
+                continue
             short_side = min(cv2.minAreaRect(polygon.astype(np.float32))[1]) if len(polygon) >= 3 else 0.0
             bucket = int(np.searchsorted(edges, short_side, side="right")) - 1
             totals[bucket] += 1
-            found[bucket] += is_matched
+            found[bucket] += label == "matched"
     labels = [f"{lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:])] + [f">= {edges[-1]:g}"]
     return [(label, int(n), float(k / n) if n else float("nan")) for label, n, k in zip(labels, totals, found)]
 
 
-def print_size_table(rows: list[tuple[str, int, float]]) -> None:
+def error_counts(records: Iterable[tuple[str, Any, Any, Any, Any]]) -> tuple[Counter[str], Counter[str]]:
+    """How many care words and boxes fall in each class of :mod:`ocr.metrics.errors` (matched,
+    merged, split, missed, loose; matched, on_text, background), summed over the images."""
+    words: Counter[str] = Counter()
+    boxes: Counter[str] = Counter()
+    for _, errors in _classified(records):
+        words.update(label for label in errors.gt if label != "dont_care")
+        boxes.update(label for label in errors.det if label != "dont_care")
+    return words, boxes
+
+
+def _classified(records: Iterable[tuple[str, Any, Any, Any, Any]]) -> Iterator[tuple[list[np.ndarray], MatchErrors]]:
+    for _, gt_polygons, gt_ignore, gt_texts, detections in records:
+        gts = as_polygons(gt_polygons)
+        ignore = dont_care_flags(len(gts), gt_ignore, gt_texts)  # as the evaluator decides
+        yield gts, match_errors(gts, detections, ignore)
+
+
+ERROR_ROWS = {
+    "merged": "merged: one box over it and another word",
+    "split": "split: two or more boxes inside it",
+    "missed": "missed: no box on it",
+    "loose": "loose: overlapped, IoU <= 0.5 (box too large, small or shifted)",
+    "on_text": "on text: a merged, split or loose box",
+    "background": "background: no word under it",
+}
+
+
+def print_breakdowns(records: list[tuple[str, Any, Any, Any, Any]]) -> None:
+    """IoU recall by text size and the unmatched words and boxes by error class, as tables."""
     print("\n| GT short side (px) | care GT | IoU recall |\n| --- | --- | --- |")
-    for label, count, recall in rows:
+    for label, count, recall in recall_by_text_size(records):
         print(f"| {label} | {count} | {recall:.4f} |")
+    words, boxes = error_counts(records)
+    print("\n| unmatched care words | count | share of care words |\n| --- | --- | --- |")
+    for key in ("merged", "split", "missed", "loose"):
+        print(f"| {ERROR_ROWS[key]} | {words[key]} | {words[key] / max(words.total(), 1):.4f} |")
+    print("\n| unmatched boxes | count | share of boxes |\n| --- | --- | --- |")
+    for key in ("on_text", "background"):
+        print(f"| {ERROR_ROWS[key]} | {boxes[key]} | {boxes[key] / max(boxes.total(), 1):.4f} |")
 
 
 def record(batch: dict[str, Any], found: Detections) -> tuple[str, Any, Any, Any, Any]:
@@ -190,7 +228,7 @@ def main(argv: list[str]) -> dict[str, float]:
           f"eval resize {cfg.datasets.eval_resize.mode} {cfg.image_size}; {describe(module.mean.device)}, "
           f"{cfg.trainer.precision}, TTA scales {list(module.tta_scales) or 'none'}")
     print_table(result)
-    print_size_table(recall_by_text_size(records))
+    print_breakdowns(records)
     return result
 
 

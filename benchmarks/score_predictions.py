@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.accuracy import evaluate, print_size_table, print_table, recall_by_text_size  # noqa: E402
+from benchmarks.accuracy import evaluate, print_breakdowns, print_table  # noqa: E402
 from ocr.data.annotations import load_annotation_file, load_samples  # noqa: E402
 from ocr.submission import read_submission_csv  # noqa: E402
 
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> dict[str, float]:
     result = evaluate(records)
     print(f"\n{len(samples)} images of {own['annotations']}; predictions {own['predictions']}")
     print_table(result)
-    print_size_table(recall_by_text_size(records))
+    print_breakdowns(records)
     return result
 
 

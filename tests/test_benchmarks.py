@@ -44,7 +44,7 @@ def test_submission_csv_with_a_missing_word_and_a_missing_image(truth, tmp_path)
 def test_recall_by_text_size_puts_each_word_in_its_short_side_range():
     import numpy as np
 
-    from benchmarks.accuracy import TEXT_SIZE_EDGES, recall_by_text_size
+    from benchmarks.accuracy import TEXT_SIZE_EDGES, error_counts, recall_by_text_size
 
     digit, line, tall, ignored = rect(10, 10, 17, 26), rect(40, 10, 200, 30), rect(10, 60, 300, 100), rect(0, 200, 5, 210)
     gts = [np.array(p, float) for p in (digit, line, tall, ignored)]
@@ -59,6 +59,9 @@ def test_recall_by_text_size_puts_each_word_in_its_short_side_range():
     assert by_label["16-24"] == (1, 0.0)
     assert by_label[">= 32"] == (1, 1.0)
     assert by_label["8-12"][0] == 0 and np.isnan(by_label["8-12"][1])
+    # the same words by error class: the too-wide box is loose, and the "###" word is in no class
+    words, boxes = error_counts([("a.jpg", gts, None, ["1", "TOTAL", "BIG", "###"], found)])
+    assert dict(words) == {"matched": 2, "loose": 1} and dict(boxes) == {"matched": 2, "on_text": 1}
 
 
 def test_postprocess_grid_values_from_the_command_line():

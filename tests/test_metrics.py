@@ -57,6 +57,8 @@ def test_iou_match_names_the_matched_gt():
     gts = [box(0, 0, 100, 20), box(10, 50, 80, 20), box(150, 10, 60, 25)]
     c = iou_match(gts, [gts[0].copy(), gts[2].copy()], gt_ignore=[True, False, False])
     assert c.matched_gt == (2,) and c.num_matched == 1 and c.num_gt == 2
+    # detection 0 lies on the don't-care GT, detection 1 is the match of GT 2
+    assert c.matched_det == (1,) and c.dont_care_det == (0,)
     assert iou_match(gts, []).matched_gt == ()
 
 
@@ -263,3 +265,35 @@ def test_evaluator_without_cleval_uses_iou_scores():
     row = ev.update("x", GT3[:2], GT3[:1])
     assert (row["recall"], row["precision"]) == (0.5, 1.0)
     assert row["hmean"] == row["iou_hmean"]
+
+
+def test_match_errors_names_each_kind_of_error():
+    from ocr.metrics.errors import match_errors
+
+    gts = [
+        box(0, 0, 100, 10),  # 0: matched by the box over it and word 1
+        box(105, 0, 20, 10),  # 1: merged into that box (one segment read over a one-space gap)
+        box(0, 30, 100, 10),  # 2: split into two halves
+        box(0, 60, 20, 10),  # 3: loose: a box twice its size around it, IoU 0.25
+        box(300, 0, 50, 10),  # 4: missed
+        box(0, 90, 40, 10),  # 5: don't care ("###")
+    ]
+    dets = [
+        box(0, 0, 125, 10),
+        box(0, 30, 45, 10),
+        box(50, 30, 45, 10),
+        box(-10, 55, 40, 20),
+        box(500, 500, 30, 10),  # on no word
+        box(0, 90, 38, 10),  # on the don't-care word
+        box(310, 0, 4, 10),  # a sliver over 8% of word 4 touches it, does not detect it
+    ]
+    errors = match_errors(gts, dets, [False] * 5 + [True])
+    assert errors.gt == ("matched", "merged", "split", "loose", "missed", "dont_care")
+    assert errors.det == ("matched", "on_text", "on_text", "on_text", "background", "dont_care", "on_text")
+    assert match_errors([], []).gt == () and match_errors([gts[0]], []).gt == ("missed",)
+    # the evaluator's per-image row (the W&B per-image table) counts the same classes
+    row = DetectionEvaluator(use_cleval=False).update("x", gts, dets, [False] * 5 + [True])
+    assert [row[f"num_{k}"] for k in ("matched_iou", "merged", "split", "missed", "loose", "background")] == [1] * 6
+    assert match_errors([], [dets[0]]).det == ("background",)
+    with pytest.raises(ValueError, match="don't-care flags"):
+        match_errors(gts, dets, [False])

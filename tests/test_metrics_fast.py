@@ -292,3 +292,25 @@ def test_iou_match_equals_pairwise_icdar15_loop(receipts):
         for thr in (0.5, 0.3):
             c = iou_match(gts, dets, ignore, iou_threshold=thr)
             assert (c.num_gt, c.num_det, c.num_matched) == _iou_reference(gts, dets, ignore, thr), (k, thr)
+
+
+def test_match_errors_agree_with_the_matching_on_receipts(receipts):
+    """Every care word and box gets exactly one class, the matched ones are iou_match's, and the
+    scenes hold every kind of error."""
+    from collections import Counter
+
+    from ocr.metrics.errors import DET_CLASSES, GT_CLASSES, match_errors
+
+    words: Counter[str] = Counter()
+    for gts, dets, ignore, texts in receipts:
+        flags = ignore if texts is None else [t == "###" for t in texts]
+        counts = iou_match(gts, dets, flags)
+        errors = match_errors(gts, dets, flags)
+        assert len(errors.gt) == len(gts) and len(errors.det) == len(dets)
+        assert set(errors.gt) <= set(GT_CLASSES) and set(errors.det) <= set(DET_CLASSES)
+        assert [i for i, c in enumerate(errors.gt) if c == "matched"] == sorted(counts.matched_gt)
+        assert [j for j, c in enumerate(errors.det) if c == "matched"] == sorted(counts.matched_det)
+        assert sum(c != "dont_care" for c in errors.gt) == counts.num_gt
+        assert sum(c != "dont_care" for c in errors.det) == counts.num_det
+        words.update(errors.gt)
+    assert all(words[c] > 0 for c in ("matched", "merged", "split", "missed", "loose")), words

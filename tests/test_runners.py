@@ -106,6 +106,7 @@ def test_accuracy_benchmark_and_postprocess_grid_agree(trained, tiny, monkeypatc
     printed = capsys.readouterr().out
     assert "| IoU hmean (pooled) |" in printed and "| CLEval hmean |" in printed
     assert "| GT short side (px) | care GT | IoU recall |" in printed
+    assert "| unmatched care words | count | share of care words |" in printed and "| background: no word" in printed
     assert all(0.0 <= scores[k] <= 1.0 for k in scores if k != "seconds per image")
     assert scores["seconds per image"] > 0
 

@@ -9,7 +9,8 @@ import numpy as np
 import torch.distributed as dist
 
 from ocr.metrics.cleval import cleval_image_scores
-from ocr.metrics.iou import IoUCounts, as_polygons, iou_match, pooled_scores
+from ocr.metrics.errors import match_errors
+from ocr.metrics.iou import IoUCounts, as_polygons, pooled_scores
 
 __all__ = ["DetectionEvaluator", "dont_care_flags"]
 
@@ -55,7 +56,8 @@ class DetectionEvaluator:
         dets = [d for d in as_polygons(det_polys) if len(d) >= 3]
         ignore = dont_care_flags(len(gts), gt_ignore, gt_texts)
 
-        counts = iou_match(gts, dets, ignore, iou_threshold=self.iou_threshold)
+        errors = match_errors(gts, dets, ignore, iou_threshold=self.iou_threshold)
+        counts = errors.counts
         if self.use_cleval:
             scores = cleval_image_scores(gts, dets, ignore)
         else:
@@ -69,6 +71,9 @@ class DetectionEvaluator:
             "num_gt": counts.num_gt,
             "num_det": counts.num_det,
             "num_matched_iou": counts.num_matched,
+            # why the rest went unmatched (ocr.metrics.errors), so the worst images say what is wrong
+            **{f"num_{kind}": errors.gt.count(kind) for kind in ("merged", "split", "missed", "loose")},
+            "num_background": errors.det.count("background"),
         }
         self._rows.pop(row["image_id"], None)  # last wins
         self._rows[row["image_id"]] = row

@@ -44,9 +44,12 @@ class IoUCounts:
     num_gt: int
     num_det: int
     num_matched: int
-    # indices (into the GT given to iou_match) of the matched GT, for breakdowns such as recall by
-    # text size; not part of equality, so counts compare as counts
+    # Indices into the polygons given to iou_match, for breakdowns such as recall by text size or
+    # the error classes of ocr.metrics.errors: matched_gt[k] was matched to matched_det[k]. Not
+    # part of equality, so counts compare as counts.
     matched_gt: tuple[int, ...] = field(default=(), compare=False)
+    matched_det: tuple[int, ...] = field(default=(), compare=False)
+    dont_care_det: tuple[int, ...] = field(default=(), compare=False)
 
     @property
     def recall(self) -> float:
@@ -159,6 +162,7 @@ def iou_match(
     num_gt = int((~gt_dc).sum())
     num_det = int((~det_dc).sum())
     matched_gt: list[int] = []
+    matched_det: list[int] = []
     if num_gt and num_det:
         gt_area, det_area = shapely.area(gts), shapely.area(dets)
         gb, db = shapely.bounds(gts), shapely.bounds(dets)  # NaN for empty geometries
@@ -190,5 +194,13 @@ def iou_match(
                 if not det_used[j]:
                     det_used[j] = True
                     matched_gt.append(int(i))
+                    matched_det.append(int(j))
                     break
-    return IoUCounts(num_gt=num_gt, num_det=num_det, num_matched=len(matched_gt), matched_gt=tuple(matched_gt))
+    return IoUCounts(
+        num_gt=num_gt,
+        num_det=num_det,
+        num_matched=len(matched_gt),
+        matched_gt=tuple(matched_gt),
+        matched_det=tuple(matched_det),
+        dont_care_det=tuple(int(j) for j in np.flatnonzero(det_dc)),
+    )

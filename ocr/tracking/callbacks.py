@@ -40,7 +40,7 @@ VAL_METRICS = (
 )  # fmt: skip
 TABLE_COLUMNS = (
     "image", "hmean", "recall", "precision", "iou_hmean", "iou_recall", "iou_precision",
-    "num_gt", "num_det", "num_matched_iou",
+    "num_gt", "num_det", "num_matched_iou", "num_merged", "num_split", "num_missed", "num_loose", "num_background",
 )  # fmt: skip
 GT_COLOUR, IGNORED_COLOUR, PRED_COLOUR = (0, 200, 0), (150, 150, 150), (230, 0, 0)
 
