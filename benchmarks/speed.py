@@ -76,6 +76,7 @@ def main() -> None:
     from hydra.utils import instantiate
 
     from ocr.metrics.cleval import cleval_image_scores
+    from ocr.metrics.errors import match_errors
     from ocr.metrics.iou import iou_match
 
     cfg = compose_example()
@@ -110,8 +111,10 @@ def main() -> None:
     detections = jitter(gt, rng)
     cleval_ms = timed(lambda: cleval_image_scores(gt, detections), repeats)
     iou_ms = timed(lambda: iou_match(gt, detections), repeats)
+    errors_ms = timed(lambda: match_errors(gt, detections), repeats)
     add("CLEval per image (100 GT x 100 det)", "1024x1024", f"{cleval_ms:.1f} ms/image")
     add("IoU-hmean per image (100 GT x 100 det)", "1024x1024", f"{iou_ms:.1f} ms/image")
+    add("IoU matching + error classes (100 GT x 100 det)", "1024x1024", f"{errors_ms:.1f} ms/image")
 
     # DataLoader throughput with the example preset's training pipeline
     from ocr.data.dataset import ReceiptDataset, collate_receipts
