@@ -137,13 +137,26 @@ def evaluate(records: Iterable[tuple[str, Any, Any, Any, Any]]) -> dict[str, flo
 TEXT_SIZE_EDGES = (0, 8, 12, 16, 24, 32)
 
 
-def recall_by_text_size(records: Iterable[tuple[str, Any, Any, Any, Any]]) -> list[tuple[str, int, float]]:
-    """(size range, care GT, IoU recall) per GT short-side range: where the missed words are. The
-    matching is the pooled IoU score's (one-to-one, IoU > 0.5, ``###`` words don't care)."""
+Classified = list[tuple[list[np.ndarray], MatchErrors]]
+
+
+def classify(records: Iterable[tuple[str, Any, Any, Any, Any]]) -> Classified:
+    """(GT polygons, error classes) per record; the matching is the pooled IoU score's (one-to-one,
+    IoU > 0.5, ``###`` words don't care). Computed once for both breakdowns below."""
+    classified = []
+    for _, gt_polygons, gt_ignore, gt_texts, detections in records:
+        gts = as_polygons(gt_polygons)
+        ignore = dont_care_flags(len(gts), gt_ignore, gt_texts)  # as the evaluator decides
+        classified.append((gts, match_errors(gts, detections, ignore)))
+    return classified
+
+
+def recall_by_text_size(classified: Classified) -> list[tuple[str, int, float]]:
+    """(size range, care GT, IoU recall) per GT short-side range: where the missed words are."""
     edges = np.asarray(TEXT_SIZE_EDGES, dtype=np.float64)
     totals = np.zeros(len(edges), dtype=np.int64)
     found = np.zeros(len(edges), dtype=np.int64)
-    for gts, errors in _classified(records):
+    for gts, errors in classified:
         for polygon, label in zip(gts, errors.gt):
             if label == "dont_care":
                 continue
@@ -155,22 +168,15 @@ def recall_by_text_size(records: Iterable[tuple[str, Any, Any, Any, Any]]) -> li
     return [(label, int(n), float(k / n) if n else float("nan")) for label, n, k in zip(labels, totals, found)]
 
 
-def error_counts(records: Iterable[tuple[str, Any, Any, Any, Any]]) -> tuple[Counter[str], Counter[str]]:
+def error_counts(classified: Classified) -> tuple[Counter[str], Counter[str]]:
     """How many care words and boxes fall in each class of :mod:`ocr.metrics.errors` (matched,
     merged, split, missed, loose; matched, on_text, background), summed over the images."""
     words: Counter[str] = Counter()
     boxes: Counter[str] = Counter()
-    for _, errors in _classified(records):
+    for _, errors in classified:
         words.update(label for label in errors.gt if label != "dont_care")
         boxes.update(label for label in errors.det if label != "dont_care")
     return words, boxes
-
-
-def _classified(records: Iterable[tuple[str, Any, Any, Any, Any]]) -> Iterator[tuple[list[np.ndarray], MatchErrors]]:
-    for _, gt_polygons, gt_ignore, gt_texts, detections in records:
-        gts = as_polygons(gt_polygons)
-        ignore = dont_care_flags(len(gts), gt_ignore, gt_texts)  # as the evaluator decides
-        yield gts, match_errors(gts, detections, ignore)
 
 
 ERROR_ROWS = {
@@ -186,9 +192,10 @@ ERROR_ROWS = {
 def print_breakdowns(records: list[tuple[str, Any, Any, Any, Any]]) -> None:
     """IoU recall by text size and the unmatched words and boxes by error class, as tables."""
     print("\n| GT short side (px) | care GT | IoU recall |\n| --- | --- | --- |")
-    for label, count, recall in recall_by_text_size(records):
+    classified = classify(records)
+    for label, count, recall in recall_by_text_size(classified):
         print(f"| {label} | {count} | {recall:.4f} |")
-    words, boxes = error_counts(records)
+    words, boxes = error_counts(classified)
     print("\n| unmatched care words | count | share of care words |\n| --- | --- | --- |")
     for key in ("merged", "split", "missed", "loose"):
         print(f"| {ERROR_ROWS[key]} | {words[key]} | {words[key] / max(words.total(), 1):.4f} |")

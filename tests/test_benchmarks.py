@@ -44,14 +44,15 @@ def test_submission_csv_with_a_missing_word_and_a_missing_image(truth, tmp_path)
 def test_recall_by_text_size_puts_each_word_in_its_short_side_range():
     import numpy as np
 
-    from benchmarks.accuracy import TEXT_SIZE_EDGES, error_counts, recall_by_text_size
+    from benchmarks.accuracy import TEXT_SIZE_EDGES, classify, error_counts, recall_by_text_size
 
     digit, line, tall, ignored = rect(10, 10, 17, 26), rect(40, 10, 200, 30), rect(10, 60, 300, 100), rect(0, 200, 5, 210)
     gts = [np.array(p, float) for p in (digit, line, tall, ignored)]
     # the 7 x 16 digit found, the 20 px line missed (a box 3x too wide), the 40 px block found;
     # the "###" word is don't care and counted nowhere
     found = [gts[0], np.array(rect(40, 10, 680, 30), float), gts[2]]
-    rows = recall_by_text_size([("a.jpg", gts, None, ["1", "TOTAL", "BIG", "###"], found)])
+    classified = classify([("a.jpg", gts, None, ["1", "TOTAL", "BIG", "###"], found)])
+    rows = recall_by_text_size(classified)
     assert [label for label, _, _ in rows] == ["0-8", "8-12", "12-16", "16-24", "24-32", ">= 32"]
     assert len(rows) == len(TEXT_SIZE_EDGES)
     by_label = {label: (count, recall) for label, count, recall in rows}
@@ -60,7 +61,7 @@ def test_recall_by_text_size_puts_each_word_in_its_short_side_range():
     assert by_label[">= 32"] == (1, 1.0)
     assert by_label["8-12"][0] == 0 and np.isnan(by_label["8-12"][1])
     # the same words by error class: the too-wide box is loose, and the "###" word is in no class
-    words, boxes = error_counts([("a.jpg", gts, None, ["1", "TOTAL", "BIG", "###"], found)])
+    words, boxes = error_counts(classified)
     assert dict(words) == {"matched": 2, "loose": 1} and dict(boxes) == {"matched": 2, "on_text": 1}
 
 
