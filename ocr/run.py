@@ -81,7 +81,14 @@ def build_loggers(cfg: DictConfig, job_type: str) -> list[Logger]:
 
         options = OmegaConf.to_container(cfg.logger.wandb, resolve=True)
         return [build_wandb_logger(options, job_type, save_dir=options.get("save_dir") or output_dir)]
-    return [CSVLogger(save_dir=str(output_dir), name="logs", version=job_type)]
+    version = job_type
+    if job_type == "train" and cfg.get("resume"):
+        # CSVLogger deletes the metrics.csv it finds: a resumed run writes beside the first part's
+        resumed = 1
+        while (output_dir / "logs" / f"train-resumed-{resumed}").exists():
+            resumed += 1
+        version = f"train-resumed-{resumed}"
+    return [CSVLogger(save_dir=str(output_dir), name="logs", version=version)]
 
 
 def tracking_callbacks(cfg: DictConfig, job_type: str, job: dict[str, Any] | None = None) -> list[Callback]:
@@ -186,17 +193,30 @@ def adopt_inference_settings(cfg: DictConfig, run_config: dict[str, Any], named:
     return changed
 
 
-def _checkpoint_callback(cfg: DictConfig) -> ModelCheckpoint:
-    return ModelCheckpoint(
-        dirpath=Path(cfg.output_dir) / "checkpoints",
+def _checkpoint_callbacks(cfg: DictConfig) -> list[ModelCheckpoint]:
+    """The best checkpoint by ``checkpoint.monitor`` (first: the test and predict after fit take
+    its ``best_model_path``) and, with ``checkpoint.save_last``, ``last.ckpt``: the state at the
+    end of the latest epoch, to resume from.
+
+    ``last.ckpt`` has its own callback because Lightning (>= 2.6) writes ``save_last``'s copy only
+    when a top-k checkpoint is written: with ``save_top_k: 1`` it is the best epoch again, and
+    ``resume=`` from it would silently repeat every epoch since.
+    """
+    directory = Path(cfg.output_dir) / "checkpoints"
+    best = ModelCheckpoint(
+        dirpath=directory,
         # no "=" or "/" in names: easier to pass on the command line
         filename="epoch{epoch:03d}-hmean{val/hmean:.4f}",
         auto_insert_metric_name=False,
         monitor=cfg.checkpoint.monitor,
         mode=cfg.checkpoint.mode,
         save_top_k=cfg.checkpoint.save_top_k,
-        save_last=cfg.checkpoint.save_last,
     )
+    if not cfg.checkpoint.save_last:
+        return [best]
+    # no monitor, one kept: every epoch overwrites it
+    latest = ModelCheckpoint(dirpath=directory, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+    return [best, latest]
 
 
 def save_resolved_config(cfg: DictConfig, name: str) -> Path:
@@ -228,8 +248,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def _train(cfg: DictConfig, loggers: list[Logger]) -> dict[str, float]:
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
-    checkpoint_callback = _checkpoint_callback(cfg)
-    callbacks: list[Callback] = [checkpoint_callback, LearningRateMonitor(logging_interval="step"), RichProgressBar()]
+    checkpoint_callbacks = _checkpoint_callbacks(cfg)
+    checkpoint_callback = checkpoint_callbacks[0]
+    callbacks: list[Callback] = [*checkpoint_callbacks, LearningRateMonitor(logging_interval="step"), RichProgressBar()]
     if cfg.get("weight_averaging"):
         callbacks.append(instantiate(cfg.weight_averaging))
     callbacks += tracking_callbacks(cfg, "train")

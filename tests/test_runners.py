@@ -43,17 +43,24 @@ def test_train_fast_dev_run(tiny):
 def trained(tiny):
     root, common = tiny
     out = root / "fit"
+    # two epochs, and the best is epoch 0 whatever the scores (monitor the epoch, lowest first)
     run_runner(
-        "train.py", "exp_name=fit", f"output_dir={out}", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-        "trainer.log_every_n_steps=1", *common,
+        "train.py", "exp_name=fit", f"output_dir={out}", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
+        "trainer.log_every_n_steps=1", "checkpoint.monitor=epoch", "checkpoint.mode=min", *common,
     )
     return out
 
 
 def test_short_fit_writes_checkpoints_logs_and_a_valid_submission(trained, tiny):
+    import torch
+
     root, _ = tiny
     checkpoints = sorted(p.name for p in (trained / "checkpoints").glob("*.ckpt"))
-    assert "last.ckpt" in checkpoints and any(name.startswith("epoch000-hmean") for name in checkpoints)
+    assert len(checkpoints) == 2 and checkpoints[0].startswith("epoch000-hmean") and checkpoints[1] == "last.ckpt"
+    # last.ckpt is the latest epoch (what resume= needs), not a copy of the best one
+    best, last = (torch.load(trained / "checkpoints" / name, map_location="cpu", weights_only=False) for name in checkpoints)
+    assert (best["epoch"], best["global_step"]) == (0, 2)
+    assert (last["epoch"], last["global_step"]) == (1, 4)
     with (trained / "logs" / "train" / "metrics.csv").open() as handle:
         columns = next(csv.reader(handle))
     for name in ("train/loss", "val/hmean", "val/recall", "val/precision", "val/iou_hmean", "test/hmean"):
@@ -63,6 +70,29 @@ def test_short_fit_writes_checkpoints_logs_and_a_valid_submission(trained, tiny)
     assert set(rows) == set(truth)  # every test image present
     predictions = json.loads((trained / "submissions" / "submission.json").read_text())["images"]
     assert set(predictions) == set(truth)
+
+
+def test_resume_continues_from_the_latest_epoch_and_keeps_the_first_logs(trained, tiny):
+    import shutil
+
+    import torch
+
+    root, common = tiny
+    out = root / "resumed"
+    shutil.copytree(trained, out)
+    first_log = (out / "logs" / "train" / "metrics.csv").read_text()
+    run_runner(
+        "train.py", "exp_name=fit", f"output_dir={out}", f"resume={out / 'checkpoints' / 'last.ckpt'}",
+        "trainer.max_epochs=3", "trainer.limit_train_batches=2", "trainer.log_every_n_steps=1",
+        "checkpoint.monitor=epoch", "checkpoint.mode=min", "predict_after_fit=false", *common,
+    )  # fmt: skip
+    last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (2, 6)  # one more epoch after the two already run
+    assert (out / "logs" / "train" / "metrics.csv").read_text() == first_log
+    with (out / "logs" / "train-resumed-1" / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    trained_epochs = {int(row["epoch"]) for row in rows if row.get("train/loss")}
+    assert trained_epochs == {2}
 
 
 def test_test_and_predict_runners_from_a_checkpoint(trained, tiny):

@@ -224,7 +224,9 @@ class TrackedWandbLogger(WandbLogger):
                 metadata.setdefault(checkpoint_callback.monitor, metadata["score"])
             if not self._checkpoint_name:
                 self._checkpoint_name = f"model-{self.experiment.id}"
-            aliases = ["latest", "best"] if path == checkpoint_callback.best_model_path else ["latest"]
+            # the latest-epoch callback (no monitor) also has a best_model_path: not a "best"
+            best = checkpoint_callback.monitor is not None and path == checkpoint_callback.best_model_path
+            aliases = ["latest", "best"] if best else ["latest"]
             try:
                 artifact = wandb.Artifact(name=self._checkpoint_name, type="model", metadata=metadata)
                 artifact.add_file(path, name="model.ckpt", policy=self.add_file_policy)
