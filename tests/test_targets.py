@@ -115,6 +115,46 @@ def test_identical_to_the_straightforward_reference(seed):
     config = TargetConfig(shrink_ratio=rng.uniform(0.3, 0.7), min_text_size=rng.choice([3.0, 8.0]))
     ours = make_db_targets((height, width), polygons, ignore, config)
     reference = reference_db_targets((height, width), polygons, ignore, config)
-    for key in ours:
+    for key in reference:  # the four DBNet maps (the gap mask is tested on its own)
         assert np.abs(ours[key] - reference[key]).max() <= 1e-6, key
     assert ours["shrink_map"].sum() > 0 and (ours["shrink_mask"] == 0).sum() > 0
+
+
+GAPS = TargetConfig(shrink_ratio=0.6, word_gap_max=1.5)
+
+
+def test_gap_mask_covers_the_background_between_neighbours_of_a_line():
+    # two words of one line 6 px apart, a far word on the same line, a word on the next line
+    polygons = [rect(10, 10, 60, 30), rect(66, 10, 120, 30), rect(200, 10, 250, 30), rect(10, 40, 60, 60)]
+    maps = make_db_targets((80, 260), polygons, config=GAPS)
+    gap, kernel = maps["gap_mask"], maps["shrink_map"]
+    rows, cols = np.nonzero(gap)
+    # only between the first two words' kernels: from the end of one kernel to the start of the next,
+    # over the kernels' rows
+    kernel_cols = np.nonzero(kernel[20])[0]
+    left_end = kernel_cols[kernel_cols < 63].max()
+    right_start = kernel_cols[kernel_cols > 63].min()
+    assert (cols.min(), cols.max()) == (left_end + 1, right_start - 1)
+    kernel_rows = np.nonzero(kernel[:, 30])[0]
+    kernel_rows = kernel_rows[kernel_rows < 35]
+    assert (rows.min(), rows.max()) == (kernel_rows.min(), kernel_rows.max())
+    assert gap[20, left_end + 1 : right_start].all()
+    assert not (gap * kernel).any()  # never on text
+    assert gap[35, 30] == 0 and gap[20, 150] == 0  # not between lines, not across a wide gap (80 px > 1.5 x 20)
+    # the other maps do not change
+    plain = make_db_targets((80, 260), polygons, config=TargetConfig(shrink_ratio=0.6))
+    assert plain["gap_mask"].sum() == 0 and plain["gap_mask"].shape == (80, 260)
+    for key in ("shrink_map", "shrink_mask", "threshold_map", "threshold_mask"):
+        np.testing.assert_array_equal(plain[key], maps[key])
+
+
+def test_gap_mask_skips_dont_care_words_and_takes_any_polygon():
+    # a clipped word is a pentagon: polygons with different point counts
+    pentagon = np.array([[66, 10], [120, 10], [120, 25], [115, 30], [66, 30]], dtype=float)
+    maps = make_db_targets((80, 160), [rect(10, 10, 60, 30), pentagon], config=GAPS)
+    assert maps["gap_mask"][20, 63] == 1
+    ignored = make_db_targets((80, 160), [rect(10, 10, 60, 30), pentagon], ignore=[False, True], config=GAPS)
+    assert ignored["gap_mask"].sum() == 0
+    # words too small for the loss have no kernel, so no gap to them
+    small = make_db_targets((80, 160), [rect(10, 10, 60, 30), rect(66, 12, 120, 15)], config=GAPS)
+    assert small["gap_mask"].sum() == 0

@@ -1,6 +1,7 @@
 """Loss and optimisation on real (synthetic) receipts: finite, and falling on an overfit."""
 
 import numpy as np
+import pytest
 import torch
 
 from ocr.data.dataset import collate_receipts
@@ -93,3 +94,25 @@ def test_test_time_augmentation_averages_probabilities_over_scales():
     assert both.shape == plain.shape == (2, 1, 96, 128)
     torch.testing.assert_close(torch.sigmoid(both), expected, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(both, plain)
+
+
+def test_gap_negatives_weigh_more_in_the_probability_loss():
+    from ocr.models.loss import DBLoss
+
+    target = torch.zeros(1, 10, 10)
+    target[0, :, :5] = 1
+    gap = torch.zeros_like(target)
+    gap[0, :, 5] = 1  # the column next to the text
+    logits = torch.where(target > 0, 4.0, -4.0)
+    logits[0, :, 5] = 1.0  # the detector runs the text into the gap
+    batch = {"shrink_map": target, "shrink_mask": torch.ones_like(target), "gap_mask": gap}
+    outputs = {"prob_logits": logits[:, None]}
+    plain = DBLoss()(outputs, batch)["loss_prob"]
+    weighted = DBLoss(gap_negative_weight=5.0)(outputs, batch)["loss_prob"]
+    # 50 positives, 50 negatives: the gap column's 10 pixels count 5x in the negatives' sum
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    easy_pos, easy_neg, hard_neg = (float(bce(torch.tensor(v), torch.tensor(t))) for v, t in ((4.0, 1.0), (-4.0, 0.0), (1.0, 0.0)))
+    assert float(plain) == pytest.approx((50 * easy_pos + 40 * easy_neg + 10 * hard_neg) / 100, rel=1e-4)
+    assert float(weighted) == pytest.approx((50 * easy_pos + 40 * easy_neg + 50 * hard_neg) / 100, rel=1e-4)
+    with pytest.raises(KeyError, match="word_gap_max"):
+        DBLoss(gap_negative_weight=5.0)(outputs, {k: v for k, v in batch.items() if k != "gap_mask"})

@@ -18,7 +18,7 @@ from ocr.data.transforms import PolygonAugment, ResizeForEval
 
 log = logging.getLogger(__name__)
 
-TARGET_KEYS = ("shrink_map", "shrink_mask", "threshold_map", "threshold_mask")
+TARGET_KEYS = ("shrink_map", "shrink_mask", "threshold_map", "threshold_mask", "gap_mask")
 
 
 class ImageReadError(OSError):

@@ -13,6 +13,9 @@ Follows Liao et al., "Real-time Scene Text Detection with Differentiable Binariz
 * shrink mask: 0 inside "don't care" words and inside polygons that are too small
   (``min_text_size``), degenerate or unshrinkable (no shrink pixel): they are ignored by the
   loss, never a division by zero.
+* gap mask (optional, ``word_gap_max > 0``): the background between the kernels of two
+  neighbouring words of one line, where a detector that merges them goes wrong; the loss can
+  weight these negatives up (``DBLoss.gap_negative_weight``).
 
 The half-pixel tolerance makes a region include the pixels its outline passes through, as
 OpenCV's ``fillPoly`` (used by the DBNet reference code) does; the usual unclip ratios
@@ -29,6 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import shapely
 from numba import njit
@@ -42,6 +46,9 @@ class TargetConfig:
     # Polygons whose bounding box is thinner than this (pixels, at target resolution) are
     # ignored: their shrunk kernel would vanish and they would teach the model noise.
     min_text_size: float = 8.0
+    # Gap mask: neighbouring words of one line at most this many text heights apart
+    # (0: no gap mask, an all-zero map).
+    word_gap_max: float = 0.0
 
 
 TEXT, IGNORED = 1, 0
@@ -206,6 +213,46 @@ def classify(polygons: list[np.ndarray | None], ignore: np.ndarray, config: Targ
     return shapes, distances, kinds
 
 
+def line_neighbours(polygons: list[np.ndarray], max_gap: float) -> list[tuple[int, int]]:
+    """Pairs ``(i, j)``: ``j`` is the nearest word right of ``i`` on the same line, at most
+    ``max_gap`` times the lower word's height from it.
+
+    Same line: the bounding boxes share at least half the lower one's height. Upright text is
+    assumed (receipts are scanned upright; training rotates by a few degrees at most).
+    """
+    if len(polygons) < 2 or max_gap <= 0:
+        return []
+    boxes = np.array([[*p.min(axis=0), *p.max(axis=0)] for p in polygons])
+    left, top, right, bottom = boxes.T
+    height = bottom - top
+    shared = np.minimum(bottom[:, None], bottom[None]) - np.maximum(top[:, None], top[None])
+    lower = np.minimum(height[:, None], height[None])
+    gap = left[None, :] - right[:, None]  # gap[i, j]: from i's right edge to j's left edge
+    # a slight overlap of touching boxes still counts as neighbours
+    candidate = (shared >= 0.5 * lower) & (left[None, :] > left[:, None]) & (gap > -0.25 * lower) & (gap <= max_gap * lower)
+    gap = np.where(candidate, gap, np.inf)
+    nearest = gap.argmin(axis=1)
+    return [(i, int(j)) for i, j in enumerate(nearest) if np.isfinite(gap[i, j])]
+
+
+def gap_polygons(shapes: list[np.ndarray], distances: np.ndarray, kinds: np.ndarray, max_gap: float) -> list[np.ndarray]:
+    """The convex hull of each same-line neighbour pair's two kernels (shrunk polygons).
+
+    Minus the kernels themselves (done by the caller with the shrink map), that is the
+    background a merged detection of the two words would cover.
+    """
+    text = np.flatnonzero(kinds == TEXT)
+    pairs = line_neighbours([shapes[t] for t in text], max_gap)
+    if not pairs:
+        return []
+    first, second = (text[[pair[k] for pair in pairs]] for k in (0, 1))
+    # one at a time: clipped polygons have different point counts
+    words = np.array([shapely.Polygon(shapes[t]) for t in text])
+    kernels = dict(zip(text, shapely.buffer(words, -distances[text], join_style="mitre")))
+    hulls = shapely.convex_hull(shapely.union([kernels[i] for i in first], [kernels[j] for j in second]))
+    return [np.asarray(hull.exterior.coords) for hull in hulls if isinstance(hull, shapely.Polygon) and not hull.is_empty]
+
+
 def make_db_targets(
     shape: tuple[int, int],
     polygons: list[np.ndarray],
@@ -214,9 +261,10 @@ def make_db_targets(
 ) -> dict[str, np.ndarray]:
     """Build DBNet targets for one image of ``shape`` (H, W).
 
-    Returns float32 maps: ``shrink_map``, ``shrink_mask`` (0 where ignored), ``threshold_map``
-    and ``threshold_mask``. Polygons may extend past the image; unusable ones (< 3 points,
-    NaN) are skipped (annotations are validated before this point).
+    Returns float32 maps: ``shrink_map``, ``shrink_mask`` (0 where ignored), ``threshold_map``,
+    ``threshold_mask`` and ``gap_mask`` (all zero unless ``config.word_gap_max > 0``). Polygons
+    may extend past the image; unusable ones (< 3 points, NaN) are skipped (annotations are
+    validated before this point).
     """
     ignore = np.zeros(len(polygons), dtype=bool) if ignore is None else np.asarray(ignore, dtype=bool)
     shapes, distances, kinds = classify(usable_polygons(polygons), ignore, config)
@@ -234,9 +282,16 @@ def make_db_targets(
             config.thresh_min, config.thresh_max - config.thresh_min,
             shrink_map, shrink_mask, threshold_map, threshold_mask,
         )
+    gap_mask = np.zeros(shape, dtype=np.float32)
+    hulls = gap_polygons(shapes, distances, kinds, config.word_gap_max) if shapes else []
+    if hulls:
+        # pixel centres: fillPoly samples at integer coordinates, 1/16 px fixed point
+        cv2.fillPoly(gap_mask, [np.round(h * 16).astype(np.int32) for h in hulls], 1.0, lineType=cv2.LINE_8, shift=4)
+        gap_mask *= (shrink_map == 0) * shrink_mask
     return {
         "shrink_map": shrink_map,
         "shrink_mask": shrink_mask,
         "threshold_map": threshold_map,
         "threshold_mask": threshold_mask,
+        "gap_mask": gap_mask,
     }
