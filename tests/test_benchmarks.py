@@ -85,3 +85,32 @@ def test_postprocess_grid_values_from_the_command_line():
     with pytest.raises(SystemExit, match="polygons=true or polygons=false"):
         postprocess_grid.split_grid_arguments(["polygons=fasle"])  # a typo must not mean "true"
     assert postprocess_grid.split_grid_arguments(["polygons=True"])[1] is True
+
+
+def test_label_gaps_measures_spaces_inside_boxes_and_gaps_between_them(tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    from benchmarks import label_gaps
+
+    image = np.full((120, 200, 3), 255, np.uint8)
+    for x0, x1 in ((12, 40), (50, 88), (112, 148)):  # "AB", "CD" in box A, "EF" in box B; lines 10-30
+        cv2.rectangle(image, (x0, 12), (x1, 28), (0, 0, 0), thickness=-1)
+    (tmp_path / "images").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "r.png"), image)
+    words = {
+        "0001": {"points": [[10, 10], [90, 10], [90, 30], [10, 30]], "transcription": "AB CD"},
+        "0002": {"points": [[110, 10], [150, 10], [150, 30], [110, 30]], "transcription": "EF"},
+        "0003": {"points": [[10, 60], [90, 60], [90, 80], [10, 80]], "transcription": "###"},  # no ink, no neighbour
+    }
+    (tmp_path / "a.json").write_text(json.dumps({"images": {"r.png": {"words": words}}}))
+    inside, between = label_gaps.measure(str(tmp_path / "images"), str(tmp_path / "a.json"))
+    # 9 inkless columns (41-49) inside box A, 23 (89-111) between A and B; line height 20
+    np.testing.assert_allclose(inside, [9 / 20])
+    np.testing.assert_allclose(between, [23 / 20])
+    args = [f"images={tmp_path / 'images'}", f"annotations={tmp_path / 'a.json'}"]
+    best = label_gaps.main(args)
+    assert best == {"threshold": pytest.approx(23 / 20), "share": 1.0, "merged_pairs": 0, "split_boxes": 0}
+    fixed = label_gaps.main([*args, "threshold=0.4"])  # splits box A at its space
+    assert (fixed["merged_pairs"], fixed["split_boxes"], fixed["share"]) == (0, 1, 0.5)
+    assert "| >= 1.0 | 0.000 | 1.000 |" in capsys.readouterr().out
