@@ -206,3 +206,23 @@ def test_collate_pads_to_a_multiple_of_32(tmp_path):
     assert batch["image"].shape == (2, 3, 64, 128) and batch["image"].dtype == torch.uint8
     assert batch["shrink_mask"][:, 60:, :].sum() == 0  # padding is outside the loss
     assert batch["valid_size"] == [(100, 60), (100, 60)]
+
+
+def test_gap_mask_is_collated_only_when_the_targets_make_it(tmp_path):
+    from ocr.data.targets import TargetConfig
+
+    words = {"0001": {"points": rect(10, 10, 40, 30)}, "0002": {"points": rect(46, 10, 90, 30)}}  # one line, 6 px apart
+    image_dir, json_path = write_split(tmp_path, "val", {"a.jpg": {"words": words}, "b.jpg": {"words": words}})
+    plain = ReceiptDataset(image_dir, json_path, resize=ResizeForEval(100, multiple=1))
+    assert "gap_mask" not in collate_receipts([plain[0], plain[1]])
+    gaps = ReceiptDataset(image_dir, json_path, resize=ResizeForEval(100, multiple=1), targets=TargetConfig(word_gap_max=1.5))
+    batch = collate_receipts([gaps[0], gaps[1]])
+    assert batch["gap_mask"].shape == batch["shrink_map"].shape == (2, 64, 128)
+    # at the network scale (x0.5) the kernels end at column 17 and start at 26, over rows 8-12:
+    # the gap is exactly the columns between them, on the kernels' rows
+    rows, cols = torch.nonzero(batch["gap_mask"][0], as_tuple=True)
+    kernel_rows, kernel_cols = torch.nonzero(batch["shrink_map"][0], as_tuple=True)
+    assert (rows.min(), rows.max()) == (kernel_rows.min(), kernel_rows.max())
+    assert (cols.min(), cols.max()) == (kernel_cols[kernel_cols < 20].max() + 1, kernel_cols[kernel_cols > 20].min() - 1)
+    assert len(rows) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)  # the whole rectangle
+    assert torch.equal(batch["gap_mask"][0], batch["gap_mask"][1])

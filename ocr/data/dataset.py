@@ -18,7 +18,8 @@ from ocr.data.transforms import PolygonAugment, ResizeForEval
 
 log = logging.getLogger(__name__)
 
-TARGET_KEYS = ("shrink_map", "shrink_mask", "threshold_map", "threshold_mask", "gap_mask")
+TARGET_KEYS = ("shrink_map", "shrink_mask", "threshold_map", "threshold_mask")
+OPTIONAL_TARGET_KEYS = ("gap_mask",)  # TargetConfig.word_gap_max > 0
 
 
 class ImageReadError(OSError):
@@ -109,8 +110,9 @@ def collate_receipts(items: Sequence[dict[str, Any]], multiple: int = 32) -> dic
     }
     for i, item in enumerate(items):
         batch["image"][i, :, : heights[i], : widths[i]] = item["image"]
-    if all(key in items[0] for key in TARGET_KEYS) and all(key in item for item in items for key in TARGET_KEYS):
-        for key in TARGET_KEYS:
+    if all(key in item for item in items for key in TARGET_KEYS):
+        optional = [key for key in OPTIONAL_TARGET_KEYS if all(key in item for item in items)]
+        for key in (*TARGET_KEYS, *optional):
             maps = torch.zeros((len(items), pad_h, pad_w), dtype=torch.float32)
             for i, item in enumerate(items):
                 maps[i, : heights[i], : widths[i]] = item[key]

@@ -47,7 +47,7 @@ class TargetConfig:
     # ignored: their shrunk kernel would vanish and they would teach the model noise.
     min_text_size: float = 8.0
     # Gap mask: neighbouring words of one line at most this many text heights apart
-    # (0: no gap mask, an all-zero map).
+    # (0: no gap mask).
     word_gap_max: float = 0.0
 
 
@@ -250,6 +250,9 @@ def gap_polygons(shapes: list[np.ndarray], distances: np.ndarray, kinds: np.ndar
     words = np.array([shapely.Polygon(shapes[t]) for t in text])
     kernels = dict(zip(text, shapely.buffer(words, -distances[text], join_style="mitre")))
     hulls = shapely.convex_hull(shapely.union([kernels[i] for i in first], [kernels[j] for j in second]))
+    # only pixel centres well inside: the hull's top and bottom edges run along the kernels'
+    # outlines, and the pixels on them are kernel border, not gap
+    hulls = shapely.buffer(hulls, -OUTLINE_TOLERANCE, join_style="mitre")
     return [np.asarray(hull.exterior.coords) for hull in hulls if isinstance(hull, shapely.Polygon) and not hull.is_empty]
 
 
@@ -262,7 +265,7 @@ def make_db_targets(
     """Build DBNet targets for one image of ``shape`` (H, W).
 
     Returns float32 maps: ``shrink_map``, ``shrink_mask`` (0 where ignored), ``threshold_map``,
-    ``threshold_mask`` and ``gap_mask`` (all zero unless ``config.word_gap_max > 0``). Polygons
+    ``threshold_mask``, and ``gap_mask`` when ``config.word_gap_max > 0``. Polygons
     may extend past the image; unusable ones (< 3 points, NaN) are skipped (annotations are
     validated before this point).
     """
@@ -282,16 +285,18 @@ def make_db_targets(
             config.thresh_min, config.thresh_max - config.thresh_min,
             shrink_map, shrink_mask, threshold_map, threshold_mask,
         )
-    gap_mask = np.zeros(shape, dtype=np.float32)
-    hulls = gap_polygons(shapes, distances, kinds, config.word_gap_max) if shapes else []
-    if hulls:
-        # pixel centres: fillPoly samples at integer coordinates, 1/16 px fixed point
-        cv2.fillPoly(gap_mask, [np.round(h * 16).astype(np.int32) for h in hulls], 1.0, lineType=cv2.LINE_8, shift=4)
-        gap_mask *= (shrink_map == 0) * shrink_mask
-    return {
+    maps = {
         "shrink_map": shrink_map,
         "shrink_mask": shrink_mask,
         "threshold_map": threshold_map,
         "threshold_mask": threshold_mask,
-        "gap_mask": gap_mask,
     }
+    if config.word_gap_max > 0:  # off: no map at all, nothing to collate or move to the device
+        gap_mask = np.zeros(shape, dtype=np.float32)
+        hulls = gap_polygons(shapes, distances, kinds, config.word_gap_max) if shapes else []
+        if hulls:
+            # pixel centres: fillPoly samples at integer coordinates, 1/16 px fixed point
+            cv2.fillPoly(gap_mask, [np.round(h * 16).astype(np.int32) for h in hulls], 1.0, lineType=cv2.LINE_8, shift=4)
+            gap_mask *= (shrink_map == 0) * shrink_mask
+        maps["gap_mask"] = gap_mask
+    return maps
