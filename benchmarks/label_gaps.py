@@ -34,17 +34,16 @@ NEIGHBOURS_WITHIN = 3.0  # line heights; farther apart nothing would ever merge 
 THRESHOLDS = (0.5, 0.75, 1.0, 1.5)
 
 
-def ink_columns(ink: np.ndarray, left: float, right: float, top: float, bottom: float) -> np.ndarray:
-    """Per column of ``[left, right)``: any ink in the line's core rows."""
+def inked_columns(ink: np.ndarray, left: float, right: float, top: float, bottom: float) -> np.ndarray:
+    """The x of every column of ``[left, right)`` with ink in the line's core rows, ascending."""
     height = bottom - top
     y0, y1 = int(round(top + CORE * height)), int(round(bottom - CORE * height))
     x0, x1 = max(int(round(left)), 0), min(int(round(right)), ink.shape[1])
-    return ink[max(y0, 0) : min(y1, ink.shape[0]), x0:x1].any(axis=0)
+    return np.flatnonzero(ink[max(y0, 0) : min(y1, ink.shape[0]), x0:x1].any(axis=0)) + x0
 
 
-def widest_space(columns: np.ndarray) -> int:
+def widest_space(inked: np.ndarray) -> int:
     """The widest run of inkless columns between two inked ones (0 if none)."""
-    inked = np.flatnonzero(columns)
     return int((np.diff(inked) - 1).max()) if len(inked) > 1 else 0
 
 
@@ -54,7 +53,7 @@ def image_gaps(ink: np.ndarray, polygons: list[np.ndarray], texts: list[str | No
     inside = []
     for (left, top, right, bottom), text in zip(boxes, texts):
         if text and " " in text.strip() and bottom - top >= MIN_HEIGHT:
-            space = widest_space(ink_columns(ink, left, right, top, bottom))
+            space = widest_space(inked_columns(ink, left, right, top, bottom))
             if space:
                 inside.append(space / (bottom - top))
     between = []
@@ -64,7 +63,7 @@ def image_gaps(ink: np.ndarray, polygons: list[np.ndarray], texts: list[str | No
         height = min(bottom_i - top_i, bottom_j - top_j)
         if height < MIN_HEIGHT:
             continue
-        inked = np.flatnonzero(ink_columns(ink, left, right, top, bottom)) + max(int(round(left)), 0)
+        inked = inked_columns(ink, left, right, top, bottom)
         boundary = (right_i + left_j) / 2  # the gap is the inkless run that spans it
         before, after = inked[inked <= boundary], inked[inked > boundary]
         if len(before) and len(after):
