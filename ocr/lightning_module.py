@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 
+from ocr.data.dataset import OPTIONAL_TARGET_KEYS, TARGET_KEYS, group_by_padded_size
 from ocr.metrics.detection import DetectionEvaluator
 from ocr.models.dbnet import DBNet
 from ocr.models.loss import DBLoss
@@ -75,20 +76,32 @@ class DBNetModule(L.LightningModule):
             probabilities.append(torch.sigmoid(logits.float()))
         return torch.logit(torch.stack(probabilities).mean(dim=0), eps=1e-6)
 
-    def decode(self, prob_logits: torch.Tensor, batch: dict[str, Any]) -> list[Detections]:
-        """Post-process a batch of probability logits into polygons in original pixels."""
+    def decode(self, prob_logits: torch.Tensor, batch: dict[str, Any], index: Sequence[int] | None = None) -> list[Detections]:
+        """Post-process probability logits into polygons in original pixels: row k belongs to the
+        batch's image ``index[k]`` (by default, to image k)."""
         probabilities = torch.sigmoid(prob_logits.float()).squeeze(1).cpu().numpy()
         detections = []
-        for i, (width, height) in enumerate(batch["valid_size"]):
+        for row, i in enumerate(range(len(probabilities)) if index is None else index):
+            width, height = batch["valid_size"][i]
             detections.append(
                 self.postprocess(
-                    probabilities[i, :height, :width],
+                    probabilities[row, :height, :width],
                     scale=batch["scale"][i],
                     raw_size=batch["raw_size"][i],
                     orientation=batch["orientation"][i],
                 )
             )
         return detections
+
+    def size_groups(self, batch: dict[str, Any]) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """The batch's images cut back to their own padded size, those of one size stacked together.
+
+        The network then sees every image exactly as in a batch of one: the zeros that pad an image
+        up to a larger neighbour would otherwise reach its right and bottom edges through the
+        receptive field, and what it predicts would depend on the batch it came in (validation,
+        test, predict and ``benchmarks/accuracy.py`` would disagree)."""
+        for (height, width), index in group_by_padded_size(batch["valid_size"]):
+            yield index, batch["image"][index, :, :height, :width]
 
     # -- steps --------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -99,18 +112,32 @@ class DBNetModule(L.LightningModule):
         self.log("train/loss", losses["loss"], batch_size=batch_size, prog_bar=True)
         return losses["loss"]
 
+    def detect(self, batch: dict[str, Any], with_loss: bool = False) -> tuple[list[Detections], dict[str, torch.Tensor]]:
+        """The detections of every image of a collated batch, in batch order, and with ``with_loss``
+        the loss on the batch's target maps (that of each size group on its own maps, weighted by
+        its share of the batch)."""
+        batch_size = batch["image"].shape[0]
+        detections: list[Detections] = [None] * batch_size  # type: ignore[list-item]
+        losses: dict[str, torch.Tensor] = {}
+        for index, images in self.size_groups(batch):
+            outputs = self(images, with_threshold=with_loss)
+            if with_loss:
+                height, width = images.shape[-2:]
+                maps = {key: batch[key][index, :height, :width] for key in (*TARGET_KEYS, *OPTIONAL_TARGET_KEYS) if key in batch}
+                for key, value in self.loss(outputs, maps).items():
+                    losses[key] = losses.get(key, 0) + value * (len(index) / batch_size)
+            # named profiler sections: `trainer.profiler=simple` shows what post-processing and
+            # metrics cost next to the network
+            with self._profile("postprocess"):
+                for i, found in zip(index, self.decode(self.prob_logits(images, outputs), batch, index)):
+                    detections[i] = found
+        return detections, losses
+
     def _evaluation_step(self, batch: dict[str, Any], stage: str) -> list[Detections]:
         has_targets = "shrink_map" in batch
-        outputs = self(batch["image"], with_threshold=has_targets)
-        batch_size = batch["image"].shape[0]
+        detections, losses = self.detect(batch, with_loss=has_targets)
         if has_targets:
-            losses = self.loss(outputs, batch)
-            self.log_dict({f"{stage}/{k}": v for k, v in losses.items()}, batch_size=batch_size, sync_dist=True)
-        # named profiler sections: `trainer.profiler=simple` shows what post-processing and
-        # metrics cost next to the network
-        with self._profile("postprocess"):
-            detections = self.decode(self.prob_logits(batch["image"], outputs), batch)
-        if has_targets:
+            self.log_dict({f"{stage}/{k}": v for k, v in losses.items()}, batch_size=len(detections), sync_dist=True)
             with self._profile("metrics"):
                 for i, found in enumerate(detections):
                     self.evaluator.update(
@@ -130,7 +157,7 @@ class DBNetModule(L.LightningModule):
         return self._evaluation_step(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        detections = self.decode(self.prob_logits(batch["image"]), batch)
+        detections, _ = self.detect(batch)
         return [
             {"name": name, "raw_size": size, "polygons": found.polygons, "scores": found.scores}
             for name, size, found in zip(batch["name"], batch["raw_size"], detections)

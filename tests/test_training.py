@@ -12,20 +12,21 @@ from ocr.run import build_module
 from tests.test_configs import compose_config
 
 
+def receipt_item(seed: int, size: int) -> dict:
+    """A synthetic receipt as the dataset gives it: long side ``size``, with its targets."""
+    image, words = render_receipt(seed, degrade=False)
+    polygons = [np.asarray(w["points"], float) for w in words]
+    image, polygons, scale = ResizeForEval(size)(np.asarray(image), polygons)
+    item = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))}
+    item.update({k: torch.from_numpy(v) for k, v in make_db_targets(image.shape[:2], polygons).items()})
+    for key, value in (("name", f"r{seed}"), ("raw_size", (0, 0)), ("orientation", 1), ("scale", scale)):
+        item[key] = value
+    item.update(gt_polygons=polygons, gt_ignore=np.zeros(len(polygons), bool), gt_texts=[None] * len(polygons))
+    return item
+
+
 def two_receipts(size=512):
-    items = []
-    resize = ResizeForEval(size)
-    for seed in (1, 2):
-        image, words = render_receipt(seed, degrade=False)
-        polygons = [np.asarray(w["points"], float) for w in words]
-        image, polygons, scale = resize(np.asarray(image), polygons)
-        item = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))}
-        item.update({k: torch.from_numpy(v) for k, v in make_db_targets(image.shape[:2], polygons).items()})
-        for key, value in (("name", f"r{seed}"), ("raw_size", (0, 0)), ("orientation", 1), ("scale", scale)):
-            item[key] = value
-        item.update(gt_polygons=polygons, gt_ignore=np.zeros(len(polygons), bool), gt_texts=[None] * len(polygons))
-        items.append(item)
-    return collate_receipts(items)
+    return collate_receipts([receipt_item(seed, size) for seed in (1, 2)])
 
 
 def test_loss_is_finite_and_falls_when_overfitting_two_receipts():
@@ -116,3 +117,47 @@ def test_gap_negatives_weigh_more_in_the_probability_loss():
     assert float(weighted) == pytest.approx((50 * easy_pos + 40 * easy_neg + 50 * hard_neg) / 100, rel=1e-4)
     with pytest.raises(KeyError, match="word_gap_max"):
         DBLoss(gap_negative_weight=5.0)(outputs, {k: v for k, v in batch.items() if k != "gap_mask"})
+
+
+def test_an_image_gets_the_same_predictions_whatever_batch_it_comes_in():
+    torch.manual_seed(0)
+    module = build_module(compose_config("train", ["models.decoder.inner_channels=64"])).eval()
+    small, big = receipt_item(1, 256), receipt_item(2, 512)
+    seen: list[np.ndarray] = []
+    decode = module.postprocess
+    module.postprocess = lambda probabilities, **kwargs: (seen.append(probabilities.copy()), decode(probabilities, **kwargs))[1]
+    with torch.no_grad():
+        alone = module.predict_step(collate_receipts([small]), 0)
+        probabilities_alone = seen.pop()
+        batched = collate_receipts([small, big, small])
+        together = module.predict_step(batched, 0)
+        # the padded batch itself would change the small page's predictions near its edges
+        height, width = probabilities_alone.shape
+        padded = torch.sigmoid(module.prob_logits(batched["image"])[0, 0, :height, :width]).numpy()
+    assert batched["image"].shape[-2:] != collate_receipts([small])["image"].shape[-2:]
+    assert not np.allclose(padded, probabilities_alone, atol=1e-4)
+    # each small page decodes what it would alone (equal but for float rounding: the CPU kernels
+    # for a batch of 2 sum in another order)
+    small_maps = [p for p in seen if p.shape == (height, width)]
+    assert len(small_maps) == 2
+    for probabilities in small_maps:
+        np.testing.assert_allclose(probabilities, probabilities_alone, atol=1e-6)
+    # both went through the network together, as one size group, before the big page
+    assert [p.shape for p in seen] == [(height, width)] * 2 + [tuple(big["image"].shape[1:])]
+    assert [found["name"] for found in together] == ["r1", "r2", "r1"]
+    for found in (together[0], together[2]):
+        np.testing.assert_allclose(found["scores"], alone[0]["scores"], atol=1e-6)
+        assert [p.tolist() for p in found["polygons"]] == [p.tolist() for p in alone[0]["polygons"]]
+
+
+def test_validation_loss_of_a_mixed_batch_weighs_each_size_group_by_its_images():
+    torch.manual_seed(0)
+    module = build_module(compose_config("train", ["models.decoder.inner_channels=64"])).eval()
+    small, big = receipt_item(1, 256), receipt_item(2, 512)
+    with torch.no_grad():
+        _, small_loss = module.detect(collate_receipts([small]), with_loss=True)
+        _, big_loss = module.detect(collate_receipts([big]), with_loss=True)
+        _, mixed_loss = module.detect(collate_receipts([small, big, small]), with_loss=True)
+    for key in ("loss", "loss_prob", "loss_thresh", "loss_binary"):
+        expected = (2 * small_loss[key] + big_loss[key]) / 3
+        torch.testing.assert_close(mixed_loss[key], expected, rtol=1e-5, atol=1e-6)

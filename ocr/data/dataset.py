@@ -94,7 +94,24 @@ class ReceiptDataset(Dataset):
         return item
 
 
-def collate_receipts(items: Sequence[dict[str, Any]], multiple: int = 32) -> dict[str, Any]:
+PAD_MULTIPLE = 32  # the FPN halves the input five times
+
+
+def padded_size(height: int, width: int, multiple: int = PAD_MULTIPLE) -> tuple[int, int]:
+    """(height, width) rounded up to multiples of ``multiple``."""
+    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+
+
+def group_by_padded_size(valid_size: Sequence[tuple[int, int]]) -> list[tuple[tuple[int, int], list[int]]]:
+    """The indices of a batch's images grouped by their own padded (height, width), in batch
+    order; ``valid_size`` holds each image's (width, height) as ``collate_receipts`` gives it."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (width, height) in enumerate(valid_size):
+        groups.setdefault(padded_size(height, width), []).append(i)
+    return list(groups.items())
+
+
+def collate_receipts(items: Sequence[dict[str, Any]], multiple: int = PAD_MULTIPLE) -> dict[str, Any]:
     """Pad images and maps to the batch's largest size (a multiple of 32) at the bottom/right.
 
     Padding is excluded from the loss (masks are 0 there) and ``valid_size`` tells
@@ -102,8 +119,7 @@ def collate_receipts(items: Sequence[dict[str, Any]], multiple: int = 32) -> dic
     """
     heights = [item["image"].shape[1] for item in items]
     widths = [item["image"].shape[2] for item in items]
-    pad_h = -(-max(heights) // multiple) * multiple
-    pad_w = -(-max(widths) // multiple) * multiple
+    pad_h, pad_w = padded_size(max(heights), max(widths), multiple)
     batch: dict[str, Any] = {
         "image": torch.zeros((len(items), 3, pad_h, pad_w), dtype=torch.uint8),
         "valid_size": [(w, h) for w, h in zip(widths, heights)],
