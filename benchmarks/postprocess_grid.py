@@ -8,7 +8,8 @@ the module's own post-processor (``DBNetModule.decode``) and is scored with IoU-
 CLEval. Prints the best settings first, and the winner as Hydra overrides for a preset.
 
 ``grid.<setting>=v1,v2,...`` replaces the values tried for a setting (``grid.box_unclip_ratio=0.8,1.0``:
-a model trained with another ``shrink_ratio`` wants other unclip ratios); ``polygons=false`` skips
+a model trained with another ``shrink_ratio`` wants other unclip ratios; ``grid.split_thresh=none,0.5``
+tries cutting regions at a second threshold, ``none`` for off); ``polygons=false`` skips
 the polygon settings. Other ``key=value`` arguments are Hydra overrides (``image_size=...``).
 For a W&B sweep over the same settings (one run per trial, on many machines) use
 ``configs/sweep/postprocess.yaml``.
@@ -30,6 +31,7 @@ GRID = {
     "thresh": [0.2, 0.25, 0.3, 0.35, 0.4],
     "box_thresh": [0.4, 0.5, 0.6, 0.7],
     "box_unclip_ratio": [1.2, 1.3, 1.4, 1.5, 1.6, 1.8],
+    "split_thresh": [None],
 }
 POLYGON_GRID = {"thresh": [0.25, 0.3, 0.35], "box_thresh": [0.5, 0.6], "polygon_unclip_ratio": [1.4, 1.6, 1.8, 2.0]}
 
@@ -44,6 +46,8 @@ def settings(replaced: dict[str, list[float]] | None = None, polygons: bool = Tr
     box_grid = {k: replaced.get(k, v) for k, v in GRID.items()}
     polygon_grid = {k: replaced.get(k, v) for k, v in POLYGON_GRID.items()}
     quads = [dict(zip(box_grid, values), use_polygon=False) for values in itertools.product(*box_grid.values())]
+    # a split threshold only means something above the region threshold
+    quads = [q for q in quads if q["split_thresh"] is None or q["split_thresh"] > q["thresh"]]
     shapes = [dict(zip(polygon_grid, values), use_polygon=True) for values in itertools.product(*polygon_grid.values())]
     return quads + (shapes if polygons else [])
 
@@ -55,9 +59,13 @@ def split_grid_arguments(argv: list[str]) -> tuple[dict[str, list[float]], bool,
         key, _, value = arg.partition("=")
         if key.startswith("grid."):
             try:
-                replaced[key[len("grid."):]] = [float(v) for v in value.strip("[]").split(",") if v.strip()]
+                replaced[key[len("grid."):]] = [
+                    None if v.strip().lower() in ("none", "null") else float(v)
+                    for v in value.strip("[]").split(",")
+                    if v.strip()
+                ]
             except ValueError:
-                raise SystemExit(f"{arg}: expected comma-separated numbers") from None
+                raise SystemExit(f"{arg}: expected comma-separated numbers (or none)") from None
         elif key == "polygons":
             if value.lower() not in ("true", "false"):
                 raise SystemExit(f"{arg}: expected polygons=true or polygons=false")
@@ -85,15 +93,17 @@ def main(argv: list[str]) -> list[tuple[dict, dict]]:
         print(f"  {setting} -> IoU-hmean {iou:.4f}, CLEval hmean {cleval:.4f}", flush=True)
     module.postprocess = base
     results.sort(key=lambda item: (-item[1]["IoU hmean (pooled)"], -item[1]["CLEval hmean"]))
-    print("\n| thresh | box_thresh | use_polygon | unclip ratio | IoU P | IoU R | IoU H | CLEval P | CLEval R | CLEval H |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| thresh | split_thresh | box_thresh | use_polygon | unclip ratio "
+          "| IoU P | IoU R | IoU H | CLEval P | CLEval R | CLEval H |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for setting, s in results[:15]:
         ratio = setting.get("polygon_unclip_ratio") if setting["use_polygon"] else setting.get("box_unclip_ratio")
-        print(f"| {setting['thresh']} | {setting['box_thresh']} | {setting['use_polygon']} | {ratio} | "
+        split = setting.get("split_thresh", base.split_thresh)
+        print(f"| {setting['thresh']} | {split} | {setting['box_thresh']} | {setting['use_polygon']} | {ratio} | "
               f"{s['IoU precision (pooled)']:.4f} | {s['IoU recall (pooled)']:.4f} | {s['IoU hmean (pooled)']:.4f} | "
               f"{s['CLEval precision']:.4f} | {s['CLEval recall']:.4f} | {s['CLEval hmean']:.4f} |")
     best = results[0][0]
-    print("\nbest: " + " ".join(f"models.postprocess.{k}={v}" for k, v in best.items()))
+    print("\nbest: " + " ".join(f"models.postprocess.{k}={'null' if v is None else v}" for k, v in best.items()))
     return results
 
 

@@ -74,6 +74,51 @@ def order_quads(quads: np.ndarray) -> np.ndarray:
     return np.stack([left[:, 0], right[:, 0], right[:, 1], left[:, 1]], axis=1)
 
 
+def split_at_cores(bitmap: np.ndarray, cores: np.ndarray, min_core_area: float) -> np.ndarray:
+    """Cut each region of ``bitmap`` that contains two or more ``cores`` (connected parts of the
+    higher-threshold mask of at least ``min_core_area`` pixels) along the line where the nearest
+    of its cores changes; regions with fewer cores are returned untouched.
+
+    Within a region every pixel is given its nearest core (OpenCV's labelled distance transform);
+    pixels with a 4-neighbour of another core's are cleared, which leaves no 8-connected path
+    across the cut, so ``cv2.findContours`` sees the parts as separate contours.
+    """
+    core_count, core_labels, core_stats, _ = cv2.connectedComponentsWithStats(cores.view(np.uint8), connectivity=8)
+    big = np.flatnonzero(core_stats[1:, cv2.CC_STAT_AREA] >= min_core_area) + 1
+    if len(big) < 2:
+        return bitmap
+    region_count, region_labels, region_stats, _ = cv2.connectedComponentsWithStats(bitmap, connectivity=8)
+    # the region of each big core (cores lie inside the bitmap, as split_thresh > thresh)
+    any_pixel = np.zeros(core_count, dtype=np.int64)
+    core_pixels = np.flatnonzero(core_labels)
+    any_pixel[core_labels.ravel()[core_pixels]] = core_pixels
+    core_region = region_labels.ravel()[any_pixel[big]]
+    cores_per_region = np.bincount(core_region, minlength=region_count)
+    is_big = np.zeros(core_count, dtype=bool)
+    is_big[big] = True
+    cut = bitmap
+    for region in np.flatnonzero(cores_per_region >= 2):
+        x, y, w, h = region_stats[region, :4]
+        window = np.s_[y : y + h, x : x + w]
+        inside = region_labels[window] == region
+        own_cores = inside & is_big[core_labels[window]]
+        # zero pixels are the sources: every pixel gets the label of its nearest own core
+        _, nearest = cv2.distanceTransformWithLabels(
+            (~own_cores).view(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_CCOMP
+        )
+        boundary = np.zeros_like(inside)
+        horizontal = nearest[:, 1:] != nearest[:, :-1]
+        vertical = nearest[1:, :] != nearest[:-1, :]
+        boundary[:, 1:] |= horizontal
+        boundary[:, :-1] |= horizontal
+        boundary[1:, :] |= vertical
+        boundary[:-1, :] |= vertical
+        if cut is bitmap:
+            cut = bitmap.copy()
+        cut[window][inside & boundary] = 0
+    return cut
+
+
 @dataclass
 class DBPostProcessor:
     thresh: float = 0.3
@@ -83,6 +128,15 @@ class DBPostProcessor:
     box_unclip_ratio: float = 1.5
     polygon_unclip_ratio: float = 2.0
     min_size: float = 3.0
+    # Cut a region found at ``thresh`` where it holds two or more separate cores above
+    # ``split_thresh`` (None: off). Neighbouring words of a line often touch at a low threshold
+    # while each keeps its own core at a higher one; faint small print has no core there and
+    # stays as it is, which a plain higher ``thresh`` would lose.
+    split_thresh: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.split_thresh is not None and not self.thresh < self.split_thresh < 1:
+            raise ValueError(f"split_thresh must lie between thresh ({self.thresh}) and 1, got {self.split_thresh}")
 
     def __call__(
         self,
@@ -100,6 +154,8 @@ class DBPostProcessor:
         prob_map = np.asarray(prob_map, dtype=np.float32)
         # the bool mask's bytes are 0/1 already: view them as uint8 rather than copy a page-sized map
         bitmap = (prob_map > self.thresh).view(np.uint8)
+        if self.split_thresh is not None:
+            bitmap = split_at_cores(bitmap, prob_map > self.split_thresh, min_core_area=self.min_size**2)
         contours, _ = cv2.findContours(bitmap, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
         candidates: list[tuple[float, np.ndarray]] = []
         for contour in contours:

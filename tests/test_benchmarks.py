@@ -85,6 +85,11 @@ def test_postprocess_grid_values_from_the_command_line():
     with pytest.raises(SystemExit, match="polygons=true or polygons=false"):
         postprocess_grid.split_grid_arguments(["polygons=fasle"])  # a typo must not mean "true"
     assert postprocess_grid.split_grid_arguments(["polygons=True"])[1] is True
+    # split thresholds: "none" means off, and values at or below thresh are left out
+    replaced = postprocess_grid.split_grid_arguments(["grid.split_thresh=none,0.4,0.5", "grid.thresh=0.35,0.4"])[0]
+    assert replaced["split_thresh"] == [None, 0.4, 0.5]
+    pairs = {(s["thresh"], s["split_thresh"]) for s in postprocess_grid.settings(replaced, polygons=False)}
+    assert pairs == {(0.35, None), (0.35, 0.4), (0.35, 0.5), (0.4, None), (0.4, 0.5)}
 
 
 def test_label_gaps_measures_spaces_inside_boxes_and_gaps_between_them(tmp_path, capsys):

@@ -117,3 +117,58 @@ def test_vectorised_rectangle_area_and_length_match_opencv_bit_for_bit():
     area, length = rectangle_area_and_length(corners)
     np.testing.assert_array_equal(area, [cv2.contourArea(c) for c in corners])
     np.testing.assert_array_equal(length, [cv2.arcLength(c, True) for c in corners])
+
+
+def two_words_on_a_line(bridge: float) -> np.ndarray:
+    """Probability map of two words (cores 0.9) whose halos touch through a ``bridge``-valued gap,
+    plus a faint word (0.4 everywhere, no core) further down."""
+    prob = np.zeros((80, 200), dtype=np.float32)
+    prob[20:36, 20:90] = 0.9
+    prob[20:36, 100:170] = 0.9
+    prob[20:36, 90:100] = bridge
+    prob[55:65, 30:60] = 0.4
+    return prob
+
+
+def test_split_thresh_cuts_regions_with_two_cores_and_keeps_faint_words():
+    prob = two_words_on_a_line(bridge=0.4)
+    merged = DBPostProcessor(thresh=0.35, box_thresh=0.3, box_unclip_ratio=0.1)(prob)
+    assert len(merged.polygons) == 2  # the two words as one box, and the faint word
+    assert best_iou(rect(20, 20, 170, 36), merged.polygons) > 0.8
+
+    split = DBPostProcessor(thresh=0.35, split_thresh=0.6, box_thresh=0.3, box_unclip_ratio=0.1)(prob)
+    assert len(split.polygons) == 3
+    # each word keeps its half of the gap: the cut runs where the nearest core changes
+    assert best_iou(rect(20, 20, 95, 36), split.polygons) > 0.85
+    assert best_iou(rect(95, 20, 170, 36), split.polygons) > 0.85
+    assert best_iou(rect(30, 55, 60, 65), split.polygons) > 0.8  # no core, not dropped
+
+    # a plain higher threshold also separates the words, but loses the faint one
+    higher = DBPostProcessor(thresh=0.6, box_thresh=0.3, box_unclip_ratio=0.1)(prob)
+    assert len(higher.polygons) == 2
+    assert best_iou(rect(30, 55, 60, 65), higher.polygons) == 0
+
+
+def test_split_thresh_leaves_single_core_regions_alone():
+    prob = two_words_on_a_line(bridge=0.9)  # one solid line: a single core
+    plain = DBPostProcessor(thresh=0.35, box_thresh=0.3)(prob)
+    split = DBPostProcessor(thresh=0.35, split_thresh=0.6, box_thresh=0.3)(prob)
+    assert len(split.polygons) == len(plain.polygons) == 2
+    for a, b in zip(plain.polygons, split.polygons):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_split_thresh_ignores_specks_smaller_than_min_size():
+    prob = two_words_on_a_line(bridge=0.4)
+    prob[20:36, 20:90] = 0.5  # the left word has no core, only a 2 x 2 speck above split_thresh
+    prob[27:29, 50:52] = 0.9
+    plain = DBPostProcessor(thresh=0.35, box_thresh=0.3)(prob)
+    split = DBPostProcessor(thresh=0.35, split_thresh=0.6, box_thresh=0.3)(prob)
+    assert len(split.polygons) == len(plain.polygons) == 2
+    for a, b in zip(plain.polygons, split.polygons):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_split_thresh_must_lie_above_thresh():
+    with pytest.raises(ValueError, match="split_thresh"):
+        DBPostProcessor(thresh=0.4, split_thresh=0.3)
