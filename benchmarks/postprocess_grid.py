@@ -47,7 +47,7 @@ def settings(replaced: dict[str, list[float]] | None = None, polygons: bool = Tr
     polygon_grid = {k: replaced.get(k, v) for k, v in POLYGON_GRID.items()}
     quads = [dict(zip(box_grid, values), use_polygon=False) for values in itertools.product(*box_grid.values())]
     # a split threshold only means something above the region threshold
-    quads = [q for q in quads if q["split_thresh"] is None or q["split_thresh"] > q["thresh"]]
+    quads = [q for q in quads if q.get("split_thresh") is None or q["split_thresh"] > q["thresh"]]
     shapes = [dict(zip(polygon_grid, values), use_polygon=True) for values in itertools.product(*polygon_grid.values())]
     return quads + (shapes if polygons else [])
 
