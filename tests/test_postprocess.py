@@ -149,19 +149,23 @@ def test_split_thresh_cuts_regions_with_two_cores_and_keeps_faint_words():
     assert best_iou(rect(30, 55, 60, 65), higher.polygons) == 0
 
 
-def test_split_thresh_leaves_single_core_regions_alone():
-    prob = two_words_on_a_line(bridge=0.9)  # one solid line: a single core
-    plain = DBPostProcessor(thresh=0.35, box_thresh=0.3)(prob)
-    split = DBPostProcessor(thresh=0.35, split_thresh=0.6, box_thresh=0.3)(prob)
-    assert len(split.polygons) == len(plain.polygons) == 2
-    for a, b in zip(plain.polygons, split.polygons):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_split_thresh_ignores_specks_smaller_than_min_size():
+def left_word_with_a_speck() -> np.ndarray:
+    """The left word has no core, only a 2 x 2 speck above 0.6 (under ``min_size`` squared)."""
     prob = two_words_on_a_line(bridge=0.4)
-    prob[20:36, 20:90] = 0.5  # the left word has no core, only a 2 x 2 speck above split_thresh
+    prob[20:36, 20:90] = 0.5
     prob[27:29, 50:52] = 0.9
+    return prob
+
+
+@pytest.mark.parametrize(
+    "prob",
+    [
+        two_words_on_a_line(bridge=0.9),  # one solid line: a single core
+        left_word_with_a_speck(),
+    ],
+    ids=["one_core", "speck"],
+)
+def test_split_thresh_leaves_regions_without_two_cores_alone(prob):
     plain = DBPostProcessor(thresh=0.35, box_thresh=0.3)(prob)
     split = DBPostProcessor(thresh=0.35, split_thresh=0.6, box_thresh=0.3)(prob)
     assert len(split.polygons) == len(plain.polygons) == 2
