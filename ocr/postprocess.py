@@ -88,16 +88,16 @@ def split_at_cores(bitmap: np.ndarray, cores: np.ndarray, min_core_area: float) 
     if len(big) < 2:
         return bitmap
     region_count, region_labels, region_stats, _ = cv2.connectedComponentsWithStats(bitmap, connectivity=8)
-    # the region of each big core (cores lie inside the bitmap, as split_thresh > thresh)
-    any_pixel = np.zeros(core_count, dtype=np.int64)
-    core_pixels = np.flatnonzero(core_labels)
-    any_pixel[core_labels.ravel()[core_pixels]] = core_pixels
-    core_region = region_labels.ravel()[any_pixel[big]]
-    cores_per_region = np.bincount(core_region, minlength=region_count)
+    # the region of every core (cores lie inside the bitmap, as split_thresh > thresh)
+    core_region = np.zeros(core_count, dtype=np.int64)
+    core_region[core_labels[cores]] = region_labels[cores]
+    to_split = np.flatnonzero(np.bincount(core_region[big], minlength=region_count) >= 2)
+    if not len(to_split):
+        return bitmap
     is_big = np.zeros(core_count, dtype=bool)
     is_big[big] = True
-    cut = bitmap
-    for region in np.flatnonzero(cores_per_region >= 2):
+    cut = bitmap.copy()
+    for region in to_split:
         x, y, w, h = region_stats[region, :4]
         window = np.s_[y : y + h, x : x + w]
         inside = region_labels[window] == region
@@ -113,8 +113,6 @@ def split_at_cores(bitmap: np.ndarray, cores: np.ndarray, min_core_area: float) 
         boundary[:, :-1] |= horizontal
         boundary[1:, :] |= vertical
         boundary[:-1, :] |= vertical
-        if cut is bitmap:
-            cut = bitmap.copy()
         cut[window][inside & boundary] = 0
     return cut
 
