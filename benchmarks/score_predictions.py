@@ -5,6 +5,9 @@ JSON layout) against ground truth, with the same scorer as benchmarks/accuracy.p
         images=../shared/data/sroie_dev/val/images annotations=../shared/data/sroie_dev/val/val.json
 
 An image of the annotations that the predictions lack counts as one with no detections.
+
+predictions=<folder> scores every .csv / .json in it (e.g. the grid that rapidocr_baseline.py
+writes) and prints one row per file, best IoU-hmean first.
 """
 
 from __future__ import annotations
@@ -35,19 +38,50 @@ def read_predictions(path: Path) -> dict[str, list[np.ndarray]]:
     }
 
 
-def main(argv: list[str]) -> dict[str, float]:
+def records_of(predictions: dict[str, list[np.ndarray]], samples: list) -> list[tuple]:
+    return [(s.name, s.polygons, s.ignore, s.texts, predictions.get(s.name, [])) for s in samples]
+
+
+GRID_COLUMNS = {
+    "IoU P": "IoU precision (pooled)",
+    "IoU R": "IoU recall (pooled)",
+    "IoU H": "IoU hmean (pooled)",
+    "CLEval P": "CLEval precision",
+    "CLEval R": "CLEval recall",
+    "CLEval H": "CLEval hmean",
+}
+
+
+def score_folder(folder: Path, samples: list) -> dict[str, dict[str, float]]:
+    """{file name: scores} for every prediction file in the folder, printed best IoU-hmean first."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".csv", ".json"))
+    if not files:
+        raise SystemExit(f"no .csv or .json predictions in {folder}")
+    results = {p.name: evaluate(records_of(read_predictions(p), samples)) for p in files}
+    print(f"\n{len(samples)} images; {len(files)} prediction files in {folder}, best IoU-hmean first")
+    print("| predictions | " + " | ".join(GRID_COLUMNS) + " |\n|" + " --- |" * (len(GRID_COLUMNS) + 1))
+    for name, result in sorted(results.items(), key=lambda item: -item[1]["IoU hmean (pooled)"]):
+        print(f"| {name} | " + " | ".join(f"{result[key]:.4f}" for key in GRID_COLUMNS.values()) + " |")
+    best_cleval = max(results, key=lambda name: results[name]["CLEval hmean"])
+    print(f"best CLEval hmean: {best_cleval} ({results[best_cleval]['CLEval hmean']:.4f})")
+    return results
+
+
+def main(argv: list[str]) -> dict:
     own = dict(arg.split("=", 1) for arg in argv if "=" in arg)
     missing = [k for k in ("predictions", "images", "annotations") if not own.get(k)]
     if missing:
         raise SystemExit(f"missing {', '.join(f'{k}=...' for k in missing)}\n\n{__doc__}")
-    predictions = read_predictions(Path(own["predictions"]))
     samples = load_samples(own["images"], own["annotations"])
+    if Path(own["predictions"]).is_dir():
+        return score_folder(Path(own["predictions"]), samples)
+    predictions = read_predictions(Path(own["predictions"]))
     absent = [s.name for s in samples if s.name not in predictions]
     if absent:
         log.warning(
             "%d of %d images have no predictions (scored as no detections), e.g. %s", len(absent), len(samples), absent[0]
         )
-    records = [(s.name, s.polygons, s.ignore, s.texts, predictions.get(s.name, [])) for s in samples]
+    records = records_of(predictions, samples)
     result = evaluate(records)
     print(f"\n{len(samples)} images of {own['annotations']}; predictions {own['predictions']}")
     print_table(result)

@@ -119,3 +119,40 @@ def test_label_gaps_measures_spaces_inside_boxes_and_gaps_between_them(tmp_path,
     fixed = label_gaps.main([*args, "threshold=0.4"])  # splits box A at its space
     assert (fixed["merged_pairs"], fixed["split_boxes"], fixed["share"]) == (0, 1, 0.5)
     assert "| >= 1.0 | 0.000 | 1.000 |" in capsys.readouterr().out
+
+
+def test_a_folder_of_predictions_is_scored_file_by_file(truth, tmp_path, capsys):
+    image_dir, json_path, images = truth
+    folder = tmp_path / "grid"
+    folder.mkdir()
+    (folder / "all.json").write_text(json.dumps({"images": images}))
+    (folder / "half.json").write_text(json.dumps({"images": {"a.jpg": images["a.jpg"]}}))  # b.jpg's word missed
+    (folder / "notes.txt").write_text("not a prediction file")
+    results = score_predictions.main([f"predictions={folder}", f"images={image_dir}", f"annotations={json_path}"])
+    assert set(results) == {"all.json", "half.json"}
+    assert results["all.json"]["IoU hmean (pooled)"] == 1.0
+    assert results["half.json"]["IoU recall (pooled)"] == pytest.approx(2 / 3)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| all.json") or line.startswith("| half.json")]
+    assert [row.split(" | ")[0] for row in rows] == ["| all.json", "| half.json"]  # best IoU-hmean first
+    (folder / "all.json").unlink()
+    (folder / "half.json").unlink()
+    with pytest.raises(SystemExit, match="no .csv or .json"):
+        score_predictions.main([f"predictions={folder}", f"images={image_dir}", f"annotations={json_path}"])
+
+
+def test_rapidocr_grid_settings():
+    from benchmarks.rapidocr_baseline import DEFAULTS, parse_settings, setting_name
+
+    assert parse_settings([]) == [DEFAULTS]
+    assert setting_name(DEFAULTS) == "min736_thresh0.3_box0.5_unclip1.6_dilate"
+    settings = parse_settings(["unclip_ratio=1.2,1.6", "limit_side_len=736,1600", "limit_type=max", "use_dilation=false"])
+    assert len(settings) == 4
+    # grouped by input size, so that the network runs once per size
+    assert [s["limit_side_len"] for s in settings] == [736, 736, 1600, 1600]
+    assert [s["unclip_ratio"] for s in settings] == [1.2, 1.6, 1.2, 1.6]
+    assert all(s["limit_type"] == "max" and s["use_dilation"] is False and s["thresh"] == 0.3 for s in settings)
+    assert len({setting_name(s) for s in settings}) == 4
+    with pytest.raises(ValueError, match="unknown option 'unclip=1.2'"):
+        parse_settings(["unclip=1.2"])
+    with pytest.raises(ValueError, match="limit_type must be min or max"):
+        parse_settings(["limit_type=short"])
