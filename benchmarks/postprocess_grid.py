@@ -94,14 +94,15 @@ def main(argv: list[str]) -> list[tuple[dict, dict]]:
     module.postprocess = base
     results.sort(key=lambda item: (-item[1]["IoU hmean (pooled)"], -item[1]["CLEval hmean"]))
     print("\n| thresh | split_thresh | box_thresh | use_polygon | unclip ratio "
-          "| IoU P | IoU R | IoU H | CLEval P | CLEval R | CLEval H |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| IoU P | IoU R | IoU H | CLEval P | CLEval R | CLEval H | CLEval H, box-shape counts |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for setting, s in results[:15]:
         ratio = setting.get("polygon_unclip_ratio") if setting["use_polygon"] else setting.get("box_unclip_ratio")
         split = setting.get("split_thresh", base.split_thresh)
         print(f"| {setting['thresh']} | {split} | {setting['box_thresh']} | {setting['use_polygon']} | {ratio} | "
               f"{s['IoU precision (pooled)']:.4f} | {s['IoU recall (pooled)']:.4f} | {s['IoU hmean (pooled)']:.4f} | "
-              f"{s['CLEval precision']:.4f} | {s['CLEval recall']:.4f} | {s['CLEval hmean']:.4f} |")
+              f"{s['CLEval precision']:.4f} | {s['CLEval recall']:.4f} | {s['CLEval hmean']:.4f} | "
+              f"{s['CLEval hmean (box-shape character counts)']:.4f} |")
     best = results[0][0]
     print("\nbest: " + " ".join(f"models.postprocess.{k}={'null' if v is None else v}" for k, v in best.items()))
     return results

@@ -49,6 +49,7 @@ GRID_COLUMNS = {
     "CLEval P": "CLEval precision",
     "CLEval R": "CLEval recall",
     "CLEval H": "CLEval hmean",
+    "CLEval H, box-shape counts": "CLEval hmean (box-shape character counts)",
 }
 
 

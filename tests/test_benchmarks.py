@@ -121,6 +121,21 @@ def test_label_gaps_measures_spaces_inside_boxes_and_gaps_between_them(tmp_path,
     assert "| >= 1.0 | 0.000 | 1.000 |" in capsys.readouterr().out
 
 
+def test_cleval_counts_characters_from_transcriptions_and_reports_box_shape_counts_beside():
+    import numpy as np
+
+    from benchmarks.accuracy import evaluate
+
+    gts = [np.array(rect(0, 0, 100, 20), float), np.array(rect(0, 40, 100, 60), float)]
+    found = [gts[0]]
+    # 1 + 9 characters from the transcriptions; 5 + 5 from the box shapes
+    scores = evaluate([("a.jpg", gts, None, ["a", "abcdefghi"], found)])
+    assert scores["CLEval recall"] == pytest.approx(0.1)
+    assert scores["CLEval hmean"] == pytest.approx(2 * 0.1 / 1.1)
+    assert scores["CLEval hmean (box-shape character counts)"] == pytest.approx(2 * 0.5 / 1.5)
+    assert scores["IoU recall (pooled)"] == 0.5
+
+
 def test_a_folder_of_predictions_is_scored_file_by_file(truth, tmp_path, capsys):
     image_dir, json_path, images = truth
     folder = tmp_path / "grid"

@@ -209,6 +209,17 @@ def test_evaluator_perfect_row():
     assert (row["image_id"], row["num_gt"], row["num_det"], row["num_matched_iou"]) == ("img", 3, 3, 3)
 
 
+def test_evaluator_counts_characters_from_transcriptions_on_request():
+    gt, det = [box(0, 0, 100, 20), box(0, 40, 100, 20)], [box(0, 0, 100, 20)]
+    texts = ["a", "abcdefghi"]  # 1 + 9 characters instead of 5 + 5 from the box shapes
+    shape_counts, text_counts = DetectionEvaluator(), DetectionEvaluator(use_text_lengths=True)
+    assert shape_counts.update("x", gt, det, gt_texts=texts)["recall"] == pytest.approx(0.5)
+    assert text_counts.update("x", gt, det, gt_texts=texts)["recall"] == pytest.approx(0.1)
+    # IoU is not affected; without transcriptions both count from the box shapes
+    assert text_counts.compute()["iou_recall"] == shape_counts.compute()["iou_recall"] == 0.5
+    assert text_counts.update("y", gt, det)["recall"] == pytest.approx(0.5)
+
+
 def test_evaluator_mean_of_per_image_scores_not_pooled():
     ev = DetectionEvaluator()
     ev.update("good", [box(0, 0, 100, 20)], [box(0, 0, 100, 20)])  # hmean 1

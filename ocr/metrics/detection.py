@@ -35,11 +35,17 @@ class DetectionEvaluator:
     one-to-one IoU scores (:mod:`ocr.metrics.iou`): per image in rows, pooled counts in
     :meth:`compute`. With ``use_cleval=False`` (fast mode) the CLEval columns hold the per-image IoU
     scores instead, so the same keys can still be monitored.
+
+    ``use_text_lengths``: CLEval's GT character counts come from the transcriptions where the
+    annotation has them (CLEval as designed; a word without one falls back to the pseudo count).
+    Off by default, as the competition's evaluator, which never sees transcriptions and counts from
+    each box's shape; on annotations without transcriptions both give the same scores.
     """
 
-    def __init__(self, use_cleval: bool = True, iou_threshold: float = 0.5) -> None:
+    def __init__(self, use_cleval: bool = True, iou_threshold: float = 0.5, use_text_lengths: bool = False) -> None:
         self.use_cleval = use_cleval
         self.iou_threshold = iou_threshold
+        self.use_text_lengths = use_text_lengths
         self._rows: dict[str, dict[str, Any]] = {}
 
     def update(
@@ -59,7 +65,7 @@ class DetectionEvaluator:
         errors = match_errors(gts, dets, ignore, iou_threshold=self.iou_threshold)
         counts = errors.counts
         if self.use_cleval:
-            scores = cleval_image_scores(gts, dets, ignore)
+            scores = cleval_image_scores(gts, dets, ignore, gt_texts, use_text_lengths=self.use_text_lengths)
         else:
             scores = {"recall": counts.recall, "precision": counts.precision, "hmean": counts.hmean}
         row = {
