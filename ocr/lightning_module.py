@@ -36,7 +36,7 @@ class DBNetModule(L.LightningModule):
         self.run_config: dict[str, Any] = {}  # the resolved run config, set by the runner
         self.model, self.loss, self.postprocess = model, loss, postprocess
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.evaluator = evaluator or DetectionEvaluator()
+        self.evaluator = evaluator if evaluator is not None else DetectionEvaluator()  # an empty one is falsy (len 0)
         self.channels_last = channels_last
         self.tta_scales = [float(scale) for scale in tta_scales or []]
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)

@@ -32,6 +32,13 @@ def test_every_preset_composes_and_builds(name, preset):
     assert module.postprocess.thresh == cfg.models.postprocess.thresh
 
 
+def test_the_configured_metrics_reach_the_module():
+    # the evaluator is falsy while empty (len 0): it must still be the configured one
+    module = build_module(compose_config("train", ["preset=sroie", "metrics.iou_threshold=0.7"]))
+    assert module.evaluator.use_text_lengths is True and module.evaluator.iou_threshold == 0.7
+    assert build_module(compose_config("train", ["preset=example"])).evaluator.use_text_lengths is False
+
+
 def test_image_size_drives_every_resize_and_crop():
     cfg = compose_config("train", ["image_size=1024"])
     datamodule = build_datamodule(cfg)
