@@ -5,6 +5,8 @@
 
 Any other argument is a Hydra override of the run config (``configs/test.yaml`` with
 the checkpoint's architecture), e.g. ``image_size=960 models.postprocess.box_thresh=0.5``.
+``checkpoint_path=none`` scores the network as the config builds it, with no checkpoint: with
+``preset=sroie_ppocr``, PP-OCR's pretrained detector zero-shot.
 Reports IoU precision / recall / hmean (ICDAR-2015 one-to-one matching at IoU > 0.5, both
 pooled over all images and as the mean of per-image scores), CLEval precision / recall /
 hmean (mean of per-image scores, as the competition leaderboard) and seconds per image
@@ -67,9 +69,13 @@ def load(own: dict[str, str], overrides: list[str]) -> tuple[DictConfig, DBNetMo
     register_resolvers()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="test", overrides=[f"checkpoint_path={own['checkpoint_path']}", *overrides])
-    checkpoint = load_checkpoint_into(cfg, overrides)
+    # checkpoint_path=none: the network as the config builds it, e.g. preset=sroie_ppocr's pretrained
+    # detector before any fine-tuning (zero-shot, scored by this project's post-processing and metrics)
+    zero_shot = own["checkpoint_path"].lower() == "none"
+    checkpoint = None if zero_shot else load_checkpoint_into(cfg, overrides)
     module = build_module(cfg)
-    module.load_state_dict(checkpoint["state_dict"])
+    if checkpoint is not None:
+        module.load_state_dict(checkpoint["state_dict"])
     module.eval().to(inference_device(own.get("device", "auto")))
     dataset = ReceiptDataset(own["images"], own["annotations"], resize=instantiate(cfg.datasets.eval_resize), targets=None)
     return cfg, module, dataset

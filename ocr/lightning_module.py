@@ -23,7 +23,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class DBNetModule(L.LightningModule):
     def __init__(
         self,
-        model: DBNet,
+        model: DBNet | torch.nn.Module,
         loss: DBLoss,
         postprocess: DBPostProcessor,
         optimizer: Callable[..., torch.optim.Optimizer],
@@ -39,8 +39,10 @@ class DBNetModule(L.LightningModule):
         self.evaluator = evaluator if evaluator is not None else DetectionEvaluator()  # an empty one is falsy (len 0)
         self.channels_last = channels_last
         self.tta_scales = [float(scale) for scale in tta_scales or []]
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+        # a network may say how it was trained to see images (PPOCRDetector: 0.5, 0.5); else ImageNet's
+        mean, std = getattr(model, "input_mean", IMAGENET_MEAN), getattr(model, "input_std", IMAGENET_STD)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 

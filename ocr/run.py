@@ -8,10 +8,11 @@ from typing import Any, Callable, TypeVar
 
 import lightning as L
 import torch
+from torch import nn
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from ocr.data.datamodule import ReceiptDataModule
 from ocr.lightning_module import DBNetModule
@@ -39,7 +40,7 @@ T = TypeVar("T")
 
 # Parts of the config that define the network's weights: a checkpoint carries them so test
 # and predict rebuild the same architecture whatever the command line says.
-ARCHITECTURE_KEYS = ("encoder", "decoder", "head")
+ARCHITECTURE_KEYS = ("network", "encoder", "decoder", "head")
 # How a checkpoint was validated while it trained: test, predict and the benchmarks infer the same
 # way (a receipt checkpoint trained at long side 1600 is not scored at the default 640) unless the
 # command line names the setting. A preset alone does not count: `checkpoint_path=` is enough.
@@ -49,7 +50,11 @@ FOLLOWS = {"datasets.eval_resize.image_size": "image_size"}
 _ABSENT = object()
 
 
-def build_model(models_cfg: DictConfig) -> DBNet:
+def build_model(models_cfg: DictConfig) -> nn.Module:
+    """``models.network``, a whole detector (e.g. ``ocr.models.ppocr.PPOCRDetector``), when set;
+    otherwise a DBNet from ``models.encoder``/``decoder``/``head``."""
+    if models_cfg.get("network") is not None:
+        return instantiate(models_cfg.network)
     encoder = instantiate(models_cfg.encoder)
     return DBNet(encoder, instantiate(models_cfg.decoder), instantiate(models_cfg.head))
 
@@ -132,9 +137,11 @@ def load_checkpoint_into(cfg: DictConfig, overrides: list[str] | None = None) ->
     stored = run_config.get("models", {})
     for key in ARCHITECTURE_KEYS:
         if key in stored:
-            if OmegaConf.to_container(cfg.models[key], resolve=True) != stored[key]:
+            current = cfg.models.get(key)
+            if (OmegaConf.to_container(current, resolve=True) if isinstance(current, DictConfig) else current) != stored[key]:
                 log.info("Using the checkpoint's models.%s settings: %s", key, stored[key])
-            cfg.models[key] = stored[key]
+            with open_dict(cfg.models):
+                cfg.models[key] = stored[key]
     adopt_inference_settings(cfg, run_config, command_line_keys(overrides))
     return checkpoint
 

