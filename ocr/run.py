@@ -8,11 +8,11 @@ from typing import Any, Callable, TypeVar
 
 import lightning as L
 import torch
-from torch import nn
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from torch import nn
 
 from ocr.data.datamodule import ReceiptDataModule
 from ocr.lightning_module import DBNetModule
@@ -135,6 +135,8 @@ def load_checkpoint_into(cfg: DictConfig, overrides: list[str] | None = None) ->
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     run_config = checkpoint.get("ocr_config") or {}
     stored = run_config.get("models", {})
+    if stored and "network" not in stored:  # saved before models.network existed: a DBNet
+        stored = {**stored, "network": None}
     for key in ARCHITECTURE_KEYS:
         if key in stored:
             current = cfg.models.get(key)

@@ -149,3 +149,20 @@ def test_receipt_preset_trains_on_single_digits_that_dbnet_defaults_ignore():
     assert (gpu.datasets.targets.shrink_ratio, gpu.datasets.targets.min_text_size) == (0.6, 4)
     assert (gpu.models.postprocess.thresh, gpu.models.postprocess.box_unclip_ratio) == (0.35, 1.0)
     assert (gpu.crop_size, gpu.models.encoder.model_name, gpu.trainer.max_epochs) == (640, "resnet50", 160)
+
+
+def test_a_checkpoint_from_before_models_network_rebuilds_its_dbnet(tmp_path):
+    from omegaconf import OmegaConf
+
+    from ocr.run import load_checkpoint_into
+
+    trained = compose_config("train", ["models.encoder.model_name=resnet34"])
+    models = OmegaConf.to_container(trained.models, resolve=True)
+    stored = {key: models[key] for key in ("encoder", "decoder", "head")}  # no "network" key yet
+    path = tmp_path / "old.ckpt"
+    torch.save({"ocr_config": {"models": stored}, "state_dict": {}}, path)
+    cfg = compose_config("test", [f"checkpoint_path={path}", "preset=sroie_ppocr"])
+    assert cfg.models.network is not None
+    load_checkpoint_into(cfg, overrides=[])
+    assert cfg.models.network is None and cfg.models.encoder.model_name == "resnet34"
+    assert type(build_model(cfg.models)).__name__ == "DBNet"
