@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py            # full run (~25 s on 2 cores)
     python benchmarks/speed.py --quick    # fewer repeats
+    python benchmarks/speed.py trainer.precision=32-true lightning_module.channels_last=false   # Hydra overrides
 
 Stages: target maps (ours vs the straightforward per-polygon, per-edge reference),
 augmentation, post-processing, CLEval and IoU metrics, DataLoader throughput and the
@@ -28,6 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.pages import make_page  # noqa: E402
+from ocr.config import cpu_has_native_bf16  # noqa: E402
 from benchmarks.reference_postprocess import ReferenceDBPostProcessor  # noqa: E402
 from benchmarks.reference_targets import reference_db_targets  # noqa: E402
 from ocr.data.targets import make_db_targets  # noqa: E402
@@ -62,9 +64,18 @@ def jitter(polygons, rng, pixels=2.0):
     return [p + rng.normal(0, pixels, p.shape) for p in polygons]
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the example preset")
     args = parser.parse_args()
     repeats = 3 if args.quick else 9
     rows: list[tuple[str, str, str]] = []
@@ -79,12 +90,13 @@ def main() -> None:
     from ocr.metrics.errors import match_errors
     from ocr.metrics.iou import iou_match
 
-    cfg = compose_example()
+    cfg = compose_example(args.overrides)
     postprocess = instantiate(cfg.models.postprocess)
     augment = instantiate(cfg.datasets.train_augment)
     rng = np.random.default_rng(0)
 
-    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"Machine: {cpu_model()}, {os.cpu_count()} CPUs, native bf16: {cpu_has_native_bf16()}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for width, height, words in SIZES:
         label = f"{width}x{height}"
         image, polygons = make_page(width, height, words, seed=width)
@@ -101,7 +113,9 @@ def main() -> None:
         prob = cv2.GaussianBlur(make_db_targets(shape, polygons)["shrink_map"], (5, 5), 1.5)
         boxes = max(len(postprocess(prob).polygons), 1)
         post_ms = timed(lambda: postprocess(prob), repeats)
-        before = ReferenceDBPostProcessor(**{k: getattr(postprocess, k) for k in postprocess.__dataclass_fields__})
+        # the settings the first version had (later ones, e.g. split_thresh, are off by default)
+        shared = postprocess.__dataclass_fields__.keys() & ReferenceDBPostProcessor.__dataclass_fields__.keys()
+        before = ReferenceDBPostProcessor(**{k: getattr(postprocess, k) for k in shared})
         before_ms = timed(lambda: before(prob), repeats)
         add(f"post-processing ({boxes} boxes)", label, f"{post_ms:.1f} ms/image, {post_ms / boxes:.4f} ms/box")
         add("post-processing, first version (reference)", label, f"{before_ms:.1f} ms/image, {before_ms / boxes:.4f} ms/box")

@@ -166,3 +166,32 @@ def test_a_checkpoint_from_before_models_network_rebuilds_its_dbnet(tmp_path):
     load_checkpoint_into(cfg, overrides=[])
     assert cfg.models.network is None and cfg.models.encoder.model_name == "resnet34"
     assert type(build_model(cfg.models)).__name__ == "DBNet"
+
+
+@pytest.mark.parametrize(
+    ("cuda", "cuda_bf16", "cpu_flags", "precision", "channels_last"),
+    [
+        (False, False, "fpu sse2 avx2 fma", "32-true", False),  # emulated bf16 is ~10x slower than float32
+        (False, False, "fpu avx2 avx512f avx512_bf16", "bf16-mixed", True),
+        (False, False, "fpu avx2 avx512f amx_tile amx_bf16", "bf16-mixed", True),
+        (True, True, "fpu avx2", "bf16-mixed", True),
+        (True, False, "fpu avx2", "16-mixed", True),
+    ],
+)
+def test_precision_and_memory_format_follow_the_hardware(monkeypatch, tmp_path, cuda, cuda_bf16, cpu_flags, precision, channels_last):
+    import ocr.config
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {cpu_flags}\n\nprocessor\t: 1\nflags\t\t: {cpu_flags}\n")
+    real_open = open
+    monkeypatch.setattr(ocr.config, "open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k), raising=False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: cuda_bf16)
+    ocr.config.cpu_has_native_bf16.cache_clear()
+    try:
+        cfg = compose_config("train", ["preset=example"])
+        assert cfg.trainer.precision == precision
+        assert cfg.lightning_module.channels_last is channels_last
+    finally:
+        ocr.config.cpu_has_native_bf16.cache_clear()  # the real machine's answer for the other tests
