@@ -171,3 +171,39 @@ def test_rapidocr_grid_settings():
         parse_settings(["unclip=1.2"])
     with pytest.raises(ValueError, match="limit_type must be min or max"):
         parse_settings(["limit_type=short"])
+
+
+def test_perturbed_copy_moves_the_words_with_the_pixels(tmp_path):
+    import cv2
+    import numpy as np
+
+    from benchmarks.perturb import perturb_folder
+
+    # a page with black blocks exactly where the words are, so the moved boxes can be checked on the pixels
+    words = {"0001": {"points": rect(30, 20, 170, 50), "transcription": "TOTAL"},
+             "0002": {"points": rect(40, 80, 120, 110), "transcription": "###"},
+             "0003": {"points": rect(130, 130, 180, 160), "transcription": "9.90"}}  # fmt: skip
+    image_dir, json_path = write_split(tmp_path, "val", {"page.jpg": {"words": words}}, size=(200, 200))
+    page = np.full((200, 200, 3), 255, np.uint8)
+    for word in words.values():
+        (x0, y0), (x1, y1) = word["points"][0], word["points"][2]
+        page[int(y0) : int(y1) + 1, int(x0) : int(x1) + 1] = 0
+    cv2.imwrite(str(image_dir / "page.jpg"), page)
+
+    data = perturb_folder(image_dir, json_path, tmp_path / "photo", rotate=10, perspective=0.05, seed=3)
+    entry = data["images"]["page.jpg"]
+    assert json.loads((tmp_path / "photo" / "annotations.json").read_text()) == data
+    assert [w.get("transcription") for w in entry["words"].values()] == ["TOTAL", "###", "9.90"]
+    image = cv2.imread(str(tmp_path / "photo" / "images" / "page.jpg"), cv2.IMREAD_GRAYSCALE)
+    assert image.shape == (entry["img_h"], entry["img_w"])
+    quads = [np.array(w["points"]) for w in entry["words"].values()]
+    assert not np.allclose(quads[0], words["0001"]["points"], atol=2)  # the geometry moved the page
+    for quad in quads:
+        inside = np.zeros_like(image)
+        cv2.fillPoly(inside, [np.round(quad).astype(np.int32)], 1)
+        core = cv2.erode(inside, np.ones((5, 5), np.uint8))  # away from blurred edges
+        assert image[core > 0].mean() < 90, "the box no longer covers its word's ink"
+    # the same seed gives the same copy
+    again = perturb_folder(image_dir, json_path, tmp_path / "again", rotate=10, perspective=0.05, seed=3)
+    assert again == data
+    assert (tmp_path / "again" / "images" / "page.jpg").read_bytes() == (tmp_path / "photo" / "images" / "page.jpg").read_bytes()
