@@ -31,15 +31,16 @@ import numpy as np  # noqa: E402
 from ocr.data.annotations import load_samples  # noqa: E402
 from ocr.data.dataset import read_image  # noqa: E402
 from ocr.data.geometry import exif_to_upright  # noqa: E402
+from ocr.data.transforms import PolygonAugment  # noqa: E402
 
 # a desk or a hand behind the paper, not more paper
 BACKGROUND = (96, 92, 88)
 
 
-def photo_pipeline(rotate: float = 8.0, perspective: float = 0.05, seed: int = 0) -> A.Compose:
+def photo_pipeline(rotate: float = 8.0, perspective: float = 0.05, seed: int = 0) -> PolygonAugment:
     """Geometry that keeps the whole page in the frame (``fit_output``), then lighting, blur,
     sensor noise and JPEG artefacts."""
-    return A.Compose(
+    return PolygonAugment(
         [
             A.Perspective(scale=(perspective / 2, perspective), fit_output=True, fill=BACKGROUND, p=1.0),
             A.Affine(rotate=(-rotate, rotate), fit_output=True, fill=BACKGROUND, p=1.0),
@@ -49,14 +50,14 @@ def photo_pipeline(rotate: float = 8.0, perspective: float = 0.05, seed: int = 0
             A.GaussNoise(std_range=(0.01, 0.04), p=0.5),
             A.ImageCompression(quality_range=(40, 80), p=1.0),
         ],
-        keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
         seed=seed,
     )
 
 
 def perturb_folder(images: Path, annotations: Path, out: Path, rotate: float = 8.0, perspective: float = 0.05,
                    seed: int = 0) -> dict:  # fmt: skip
-    """Write ``out/images/*.jpg`` and ``out/annotations.json``; returns the JSON written."""
+    """Write ``out/images/`` (the images under their own names) and ``out/annotations.json``;
+    returns the JSON written."""
     samples = load_samples(images, annotations, invalid_polygon="error")
     (out / "images").mkdir(parents=True, exist_ok=True)
     entries = {}
@@ -64,17 +65,11 @@ def perturb_folder(images: Path, annotations: Path, out: Path, rotate: float = 8
         image, orientation, raw_size = read_image(sample.image_path)
         polygons = [exif_to_upright(p, orientation, raw_size) for p in sample.polygons]
         pipeline = photo_pipeline(rotate, perspective, seed=seed * 100_003 + index)
-        keypoints = np.concatenate(polygons) if polygons else np.zeros((0, 2))
-        result = pipeline(image=image, keypoints=keypoints)
-        moved = np.asarray(result["keypoints"], dtype=np.float64).reshape(-1, 2)
-        if len(moved) != len(keypoints):
-            raise RuntimeError(f"{sample.image_path}: the transform dropped polygon vertices")
-        height, width = result["image"].shape[:2]
-        words, start = {}, 0
-        for number, (polygon, ignored, text) in enumerate(zip(polygons, sample.ignore, sample.texts), 1):
-            points = np.clip(moved[start : start + len(polygon)], 0, [width - 1, height - 1])
-            start += len(polygon)
-            word = {"points": np.round(points, 1).tolist()}
+        photo, moved = pipeline.move(image, polygons)
+        height, width = photo.shape[:2]
+        words = {}
+        for number, (points, ignored, text) in enumerate(zip(moved, sample.ignore, sample.texts), 1):
+            word = {"points": np.round(np.clip(points, 0, [width - 1, height - 1]), 1).tolist()}
             if ignored:
                 word["transcription"] = "###"
             elif text is not None:
@@ -82,7 +77,7 @@ def perturb_folder(images: Path, annotations: Path, out: Path, rotate: float = 8
             words[f"{number:04d}"] = word
         # already JPEG-compressed by the pipeline: stored at a quality that adds little more
         target = out / "images" / sample.name
-        if not cv2.imwrite(str(target), cv2.cvtColor(result["image"], cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 98]):
+        if not cv2.imwrite(str(target), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 98]):
             raise OSError(f"{target}: could not write the image")
         entries[sample.name] = {"img_w": width, "img_h": height, "words": words}
     data = {"images": entries}

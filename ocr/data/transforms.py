@@ -67,28 +67,33 @@ class ResizeForEval:
 
 
 class PolygonAugment:
-    """An albumentations pipeline applied to an image and its polygons."""
+    """An albumentations pipeline applied to an image and its polygons (``seed``: the same draw
+    on every call sequence, as albumentations' ``Compose(seed=...)``)."""
 
-    def __init__(self, transforms: Sequence[A.BasicTransform], min_area: float = 4.0):
-        self.pipeline = A.Compose(list(transforms), keypoint_params=A.KeypointParams(format="xy", remove_invisible=False))
+    def __init__(self, transforms: Sequence[A.BasicTransform], min_area: float = 4.0, seed: int | None = None):
+        self.pipeline = A.Compose(
+            list(transforms), keypoint_params=A.KeypointParams(format="xy", remove_invisible=False), seed=seed
+        )
         self.min_area = min_area
 
-    def __call__(
-        self, image: np.ndarray, polygons: Sequence[np.ndarray], ignore: Sequence[bool]
-    ) -> tuple[np.ndarray, list[np.ndarray], list[bool]]:
+    def move(self, image: np.ndarray, polygons: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The transformed image and every polygon's vertices moved with it, in order, unclipped."""
         keypoints = np.concatenate(polygons, axis=0) if len(polygons) else np.zeros((0, 2))
         out = self.pipeline(image=image, keypoints=keypoints)
         moved = np.asarray(out["keypoints"], dtype=np.float64).reshape(-1, 2)
         if len(moved) != len(keypoints):  # would mean vertices were dropped and mixed up
             raise RuntimeError("augmentation changed the number of polygon vertices; keep remove_invisible=False")
-        image = out["image"]
+        ends = np.cumsum([len(polygon) for polygon in polygons])
+        return out["image"], list(np.split(moved, ends[:-1])) if len(polygons) else []
+
+    def __call__(
+        self, image: np.ndarray, polygons: Sequence[np.ndarray], ignore: Sequence[bool]
+    ) -> tuple[np.ndarray, list[np.ndarray], list[bool]]:
+        image, moved = self.move(image, polygons)
         height, width = image.shape[:2]
         kept_polygons: list[np.ndarray] = []
         kept_ignore: list[bool] = []
-        start = 0
-        for polygon, ignored in zip(polygons, ignore):
-            points = moved[start : start + len(polygon)]
-            start += len(polygon)
+        for points, ignored in zip(moved, ignore):
             clipped = clip_polygon_to_frame(points, width, height, self.min_area)
             if clipped is not None:
                 kept_polygons.append(clipped)
