@@ -29,9 +29,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.pages import make_page  # noqa: E402
-from ocr.config import cpu_has_native_bf16  # noqa: E402
 from benchmarks.reference_postprocess import ReferenceDBPostProcessor  # noqa: E402
 from benchmarks.reference_targets import reference_db_targets  # noqa: E402
+from ocr.config import cpu_has_native_bf16, cpuinfo_field  # noqa: E402
 from ocr.data.targets import make_db_targets  # noqa: E402
 
 SIZES = [(640, 640, 110), (1024, 1024, 250), (960, 1600, 440)]  # width, height, words
@@ -64,14 +64,6 @@ def jitter(polygons, rng, pixels=2.0):
     return [p + rng.normal(0, pixels, p.shape) for p in polygons]
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -95,7 +87,8 @@ def main() -> None:
     augment = instantiate(cfg.datasets.train_augment)
     rng = np.random.default_rng(0)
 
-    print(f"Machine: {cpu_model()}, {os.cpu_count()} CPUs, native bf16: {cpu_has_native_bf16()}, "
+    cpu = cpuinfo_field("model name") or platform.processor() or platform.machine()
+    print(f"Machine: {cpu}, {os.cpu_count()} CPUs, native bf16: {cpu_has_native_bf16()}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for width, height, words in SIZES:
         label = f"{width}x{height}"

@@ -17,6 +17,20 @@ def multiple_of_32(value: float, factor: float = 1.0) -> int:
     return max(32, int(round(float(value) * float(factor) / 32)) * 32)
 
 
+def cpuinfo_field(name: str) -> str | None:
+    """The first ``name`` line of Linux's /proc/cpuinfo (e.g. ``flags``, ``model name``); None
+    where there is no such file or line."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
+    except OSError:
+        pass
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16) and oneDNN uses it.
@@ -27,11 +41,7 @@ def cpu_has_native_bf16() -> bool:
     "Performance"). Not Linux: no /proc/cpuinfo to read, so float32, the safe choice."""
     import torch
 
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
-    except OSError:
-        flags = []
+    flags = (cpuinfo_field("flags") or "").split()
     native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and ("avx512_bf16" in flags or "amx_bf16" in flags)
     if not native:
         log.info("this CPU has no native bf16 (AVX512-BF16 or AMX): CPU runs use float32 and contiguous tensors")
