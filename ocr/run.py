@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from torch import nn
 
+from ocr.budget import TimeBudget
 from ocr.data.datamodule import ReceiptDataModule
 from ocr.lightning_module import DBNetModule
 from ocr.models.dbnet import DBNet
@@ -262,6 +263,11 @@ def _train(cfg: DictConfig, loggers: list[Logger]) -> dict[str, float]:
     callbacks: list[Callback] = [*checkpoint_callbacks, LearningRateMonitor(logging_interval="step"), RichProgressBar()]
     if cfg.get("weight_averaging"):
         callbacks.append(instantiate(cfg.weight_averaging))
+    budget = cfg.get("time_budget") or {}
+    if budget.get("minutes"):
+        # the test and predict of the best checkpoint run after fit, in the same budget
+        after_fit = int(bool(cfg.get("test_after_fit"))) + int(bool(cfg.get("predict_after_fit")))
+        callbacks.append(TimeBudget(budget.minutes, after_fit, budget.get("calibration_steps", 20)))
     callbacks += tracking_callbacks(cfg, "train")
     trainer = build_trainer(cfg, callbacks, loggers)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume"))

@@ -195,3 +195,10 @@ def test_precision_and_memory_format_follow_the_hardware(monkeypatch, tmp_path, 
         assert cfg.lightning_module.channels_last is channels_last
     finally:
         ocr.config.cpu_has_native_bf16.cache_clear()  # the real machine's answer for the other tests
+
+
+def test_only_the_cpu_recipe_has_a_time_budget():
+    # the recipe's command must end within 100 minutes whatever the CPU (README, ocr/budget.py)
+    assert compose_config("train", ["preset=sroie"]).time_budget.minutes == 95
+    for preset in ("example", "sroie_gpu", "sroie_ppocr"):
+        assert compose_config("train", [f"preset={preset}"]).time_budget.minutes is None

@@ -161,3 +161,18 @@ def test_validation_loss_of_a_mixed_batch_weighs_each_size_group_by_its_images()
     for key in ("loss", "loss_prob", "loss_thresh", "loss_binary"):
         expected = (2 * small_loss[key] + big_loss[key]) / 3
         torch.testing.assert_close(mixed_loss[key], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_warmup_cosine_decays_to_its_end_after_total_steps_change_and_keeps_it_in_checkpoints():
+    from ocr.optim import warmup_cosine
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    scheduler = warmup_cosine(torch.optim.SGD([parameter], lr=1.0), total_steps=100, warmup_steps=10, min_lr_ratio=0.01)
+    factor = scheduler.lr_lambdas[0]
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(55) == pytest.approx(0.505)  # half-way through the decay
+    factor.total_steps = 40  # re-planned shorter: the same shape over 40 steps
+    assert factor(25) == pytest.approx(0.505) and factor(40) == pytest.approx(0.01)
+    restored = warmup_cosine(torch.optim.SGD([parameter], lr=1.0), total_steps=100, warmup_steps=10)
+    restored.load_state_dict(scheduler.state_dict())
+    assert restored.lr_lambdas[0].total_steps == 40
