@@ -6,7 +6,8 @@ learning rate still high and the last epochs unvalidated. :class:`TimeBudget` in
 seconds per training step and per validation pass as the run goes, and plans the most whole epochs
 that fit: ``max_epochs`` is lowered to that, the learning-rate schedule is stretched over the new
 total so it still decays to its end, and the last epoch is validated (so the best checkpoint can
-come from it). On a machine fast enough for the configured epochs nothing changes.
+come from it). On a machine fast enough for the configured epochs only the last one's
+validation can change: it is validated even when it falls off ``check_val_every_n_epoch``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Callable
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
@@ -61,7 +62,6 @@ class TimeBudget(Callback):
             and predict of the best checkpoint), each reckoned as long as a validation pass.
         calibration_steps: training steps timed before the first plan. The plan is then revised at
             the start of every epoch, with the times measured so far.
-        clock: seconds, monotonic (tests pass a fake one).
 
     The seconds per validation pass come from the sanity check (scaled to the whole validation
     set) until a real pass has been timed. Only whole epochs are planned, and at least the epoch
@@ -74,50 +74,57 @@ class TimeBudget(Callback):
         minutes: float,
         reserve_eval_passes: int = 0,
         calibration_steps: int = 20,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if minutes <= 0:
             raise ValueError(f"time_budget.minutes must be positive, got {minutes}")
         self.budget_seconds = float(minutes) * 60
         self.reserve_eval_passes = int(reserve_eval_passes)
         self.calibration_steps = max(int(calibration_steps), 1)
-        self.clock = clock
-        self._fit_start: float | None = None
+        self._fit_start = 0.0
         self._train_start = 0.0
         self._first_step = 0
+        self._steps_per_epoch = 1
+        self._max_epochs: int | None = None  # as configured; None: nothing to plan
         self._val_start = 0.0
         self._val_seconds_total = 0.0
         self._val_passes = 0
         self._sanity_estimate: float | None = None
         self._val_every: int | None = None
         self._planned: int | None = None
-        self._configured_max_epochs: int | None = None
         self._warned_schedule = False
 
     # -- timing -----------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
-            self._fit_start = self.clock()
+            self._fit_start = time.monotonic()
 
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._val_start = self.clock()
+        self._val_start = time.monotonic()
 
     def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         checked, full = sum(trainer.num_sanity_val_batches), sum(trainer.num_val_batches)
         if checked and math.isfinite(full):
-            self._sanity_estimate = (self.clock() - self._val_start) / checked * full
+            self._sanity_estimate = (time.monotonic() - self._val_start) / checked * full
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._train_start, self._first_step = self.clock(), trainer.global_step
+        self._train_start, self._first_step = time.monotonic(), trainer.global_step
         self._val_every = trainer.check_val_every_n_epoch
+        self._max_epochs = trainer.fit_loop.max_epochs
+        if self._max_epochs is None or self._max_epochs < 1 or not math.isfinite(trainer.num_training_batches):
+            log.warning("Time budget: no epoch count to shorten (max_epochs %s, endless data?); ignored", self._max_epochs)
+            self._max_epochs = None
+            return
+        self._steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+        if trainer.max_steps > 0:
+            self._max_epochs = min(self._max_epochs, math.ceil(trainer.max_steps / self._steps_per_epoch))
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._val_start = self.clock()
+            self._val_start = time.monotonic()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._val_seconds_total += self.clock() - self._val_start
+            self._val_seconds_total += time.monotonic() - self._val_start
             self._val_passes += 1
 
     @property
@@ -137,25 +144,20 @@ class TimeBudget(Callback):
             self._replan(trainer)
 
     def _replan(self, trainer: L.Trainer) -> None:
-        max_epochs = self._configured_epochs(trainer)
-        if max_epochs is None:
+        if self._max_epochs is None:
             return
-        steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
-        steps_done = trainer.global_step - self._first_step
-        step_seconds = (self.clock() - self._train_start - self._val_seconds_total) / max(steps_done, 1)
-        val_every = self._val_every or 1  # None: validation by steps, reckoned once per epoch
-        if not trainer.enable_validation:
-            val_every = max_epochs + 1
+        steps_timed = trainer.global_step - self._first_step
+        step_seconds = (time.monotonic() - self._train_start - self._val_seconds_total) / max(steps_timed, 1)
         val_seconds = self.val_seconds if trainer.enable_validation else 0.0
-        remaining = self.budget_seconds - (self.clock() - self._fit_start) - self.reserve_eval_passes * self.val_seconds
+        remaining = self.budget_seconds - (time.monotonic() - self._fit_start) - self.reserve_eval_passes * self.val_seconds
         epochs = plan_epochs(
             current_epoch=trainer.current_epoch,
             steps_done=trainer.global_step,
-            max_epochs=max_epochs,
-            steps_per_epoch=steps_per_epoch,
+            max_epochs=self._max_epochs,
+            steps_per_epoch=self._steps_per_epoch,
             step_seconds=step_seconds,
             val_seconds=val_seconds,
-            val_every=val_every,
+            val_every=self._val_every or 1,  # None: validation by steps, reckoned once per epoch
             remaining_seconds=remaining,
         )
         # every rank must stop at the same epoch
@@ -164,7 +166,7 @@ class TimeBudget(Callback):
         # the last planned epoch is validated even off the check_val_every_n_epoch cadence
         if self._val_every is not None:
             trainer.check_val_every_n_epoch = 1 if trainer.current_epoch == epochs - 1 else self._val_every
-        total_steps = epochs * steps_per_epoch
+        total_steps = epochs * self._steps_per_epoch
         if trainer.max_steps > 0:
             total_steps = min(total_steps, trainer.max_steps)
         self._stretch_schedules(trainer, total_steps)
@@ -174,22 +176,9 @@ class TimeBudget(Callback):
                 "(%d steps), %.0f min of it left",
                 self.budget_seconds / 60, step_seconds, val_seconds,
                 f" (+{self.reserve_eval_passes} evaluation passes after fit)" if self.reserve_eval_passes else "",
-                epochs, max_epochs, total_steps, remaining / 60,
+                epochs, self._max_epochs, total_steps, remaining / 60,
             )  # fmt: skip
         self._planned = epochs
-
-    def _configured_epochs(self, trainer: L.Trainer) -> int | None:
-        configured = self._configured_max_epochs
-        if configured is None:
-            configured = trainer.fit_loop.max_epochs
-            if configured is None or configured < 1:
-                log.warning("Time budget: max_epochs is %s, so there is no schedule to shorten; ignored", configured)
-                return None
-            if trainer.max_steps > 0:
-                steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
-                configured = min(configured, math.ceil(trainer.max_steps / steps_per_epoch))
-            self._configured_max_epochs = configured
-        return configured
 
     def _stretch_schedules(self, trainer: L.Trainer, total_steps: int) -> None:
         stretched = False

@@ -267,7 +267,7 @@ def _train(cfg: DictConfig, loggers: list[Logger]) -> dict[str, float]:
     if budget.get("minutes"):
         # the test and predict of the best checkpoint run after fit, in the same budget
         after_fit = int(bool(cfg.get("test_after_fit"))) + int(bool(cfg.get("predict_after_fit")))
-        callbacks.append(TimeBudget(budget.minutes, after_fit, budget.get("calibration_steps", 20)))
+        callbacks.append(TimeBudget(budget.minutes, after_fit, budget.calibration_steps))
     callbacks += tracking_callbacks(cfg, "train")
     trainer = build_trainer(cfg, callbacks, loggers)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume"))
