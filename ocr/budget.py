@@ -59,7 +59,8 @@ class TimeBudget(Callback):
     Args:
         minutes: the budget for ``fit`` and the ``reserve_eval_passes`` after it.
         reserve_eval_passes: evaluation passes that follow ``fit`` in the same command (the test
-            and predict of the best checkpoint), each reckoned as long as a validation pass.
+            of the best checkpoint, and its predict unless the test pass makes the submission), each
+            reckoned as long as a validation pass.
         calibration_steps: training steps timed before the first plan. The plan is then revised at
             the start of every epoch, with the times measured so far.
 

@@ -20,6 +20,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def prediction_rows(batch: dict[str, Any], detections: Sequence[Detections]) -> list[dict[str, Any]]:
+    """One row per image of ``batch``, as submissions are written from: its name, its size on disk
+    (width, height), and its polygons (in that image's pixels) with their scores."""
+    return [
+        {"name": name, "raw_size": size, "polygons": found.polygons, "scores": found.scores}
+        for name, size, found in zip(batch["name"], batch["raw_size"], detections)
+    ]
+
+
 class DBNetModule(L.LightningModule):
     def __init__(
         self,
@@ -160,10 +169,7 @@ class DBNetModule(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         detections, _ = self.detect(batch)
-        return [
-            {"name": name, "raw_size": size, "polygons": found.polygons, "scores": found.scores}
-            for name, size, found in zip(batch["name"], batch["raw_size"], detections)
-        ]
+        return prediction_rows(batch, detections)
 
     # -- metrics ------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:

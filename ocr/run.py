@@ -11,6 +11,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from torch import nn
 
@@ -263,10 +264,14 @@ def _train(cfg: DictConfig, loggers: list[Logger]) -> dict[str, float]:
     callbacks: list[Callback] = [*checkpoint_callbacks, LearningRateMonitor(logging_interval="step"), RichProgressBar()]
     if cfg.get("weight_averaging"):
         callbacks.append(instantiate(cfg.weight_averaging))
+    collector = PredictionCollector()
+    callbacks.append(collector)
+    # when the submission is of the test images, the test pass's detections make it: one pass, not two
+    submission_from_test = bool(cfg.get("test_after_fit")) and datamodule.split_paths("predict") == datamodule.split_paths("test")
     budget = cfg.get("time_budget") or {}
     if budget.get("minutes"):
-        # the test and predict of the best checkpoint run after fit, in the same budget
-        after_fit = int(bool(cfg.get("test_after_fit"))) + int(bool(cfg.get("predict_after_fit")))
+        # the evaluation passes of the best checkpoint after fit run in the same budget
+        after_fit = int(bool(cfg.get("test_after_fit"))) + int(bool(cfg.get("predict_after_fit")) and not submission_from_test)
         callbacks.append(TimeBudget(budget.minutes, after_fit, budget.calibration_steps))
     callbacks += tracking_callbacks(cfg, "train")
     trainer = build_trainer(cfg, callbacks, loggers)
@@ -278,19 +283,31 @@ def _train(cfg: DictConfig, loggers: list[Logger]) -> dict[str, float]:
         best = None  # fast_dev_run saves no checkpoint: evaluate the weights in memory
     score = checkpoint_callback.best_model_score
     log.info("Best checkpoint: %s (%s %s)", best, cfg.checkpoint.monitor, f"{float(score):.4f}" if score is not None else "n/a")
+    tested = False
     if cfg.get("test_after_fit"):
         datamodule.setup("test")
         if datamodule.datasets["test"].annotated:
             results = trainer.test(module, datamodule=datamodule, ckpt_path=best)
             metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
+            tested = True
         else:
             log.info("Test split has no annotations: skipping scoring")
     if cfg.get("predict_after_fit"):
-        predictions = trainer.predict(module, datamodule=datamodule, ckpt_path=best)
-        paths = write_submission(cfg, datamodule, predictions, partial=bool(trainer.fast_dev_run))
+        if tested and submission_from_test:
+            split = "test"
+            log.info("The submission is of the test images: written from the test pass's detections")
+        else:
+            split = "predict"
+            trainer.predict(module, datamodule=datamodule, ckpt_path=best, return_predictions=False)
+        paths = write_submission(cfg, datamodule, collector.rows, partial=_partial_run(cfg, trainer, split), split=split)
         reference = {"checkpoint_path": str(best) if best else "in-memory weights (fast_dev_run)"}
-        _log_predictions(cfg, loggers, paths, predictions, "predict", "predict", reference)
+        _log_predictions(cfg, loggers, paths, collector.rows, "predict", "predict", reference)
     return metrics
+
+
+def _partial_run(cfg: DictConfig, trainer: L.Trainer, stage: str) -> bool:
+    """Whether a test or predict pass saw only some of its images (fast_dev_run, limit_*_batches)."""
+    return bool(trainer.fast_dev_run) or cfg.trainer.get(f"limit_{stage}_batches") is not None
 
 
 def _load_for_evaluation(cfg: DictConfig, loggers: list[Logger]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -312,7 +329,7 @@ def _log_predictions(
     cfg: DictConfig,
     loggers: list[Logger],
     paths: dict[str, Path],
-    batches: list[list[dict]],
+    predictions: list[dict],
     split: str,
     kind: str,
     reference: dict[str, Any],
@@ -320,7 +337,6 @@ def _log_predictions(
 ) -> None:
     if not cfg.get("wandb"):
         return
-    predictions = [item for batch in batches for item in batch]
     metadata = {
         "split": split,
         "num_images": len(predictions),
@@ -363,9 +379,9 @@ def _test(cfg: DictConfig, loggers: list[Logger], split: str, job_type: str) -> 
         # the scores are of `split`: name them so in the summary too (a sweep optimises val/hmean)
         run.summary.update({f"{split}/{k.split('/', 1)[1]}": v for k, v in scores.items() if k.startswith("test/")})
     if cfg.get("save_predictions", True):
-        partial = bool(trainer.fast_dev_run) or cfg.trainer.get("limit_test_batches") is not None
-        paths = write_submission(cfg, datamodule, collector.batches, partial=partial, split="test", name=f"{split}_predictions")
-        _log_predictions(cfg, loggers, paths, collector.batches, split, job_type, reference, scores)
+        partial = _partial_run(cfg, trainer, "test")
+        paths = write_submission(cfg, datamodule, collector.rows, partial=partial, split="test", name=f"{split}_predictions")
+        _log_predictions(cfg, loggers, paths, collector.rows, split, job_type, reference, scores)
     return scores
 
 
@@ -385,35 +401,37 @@ def _predict(cfg: DictConfig, loggers: list[Logger]) -> dict[str, Path]:
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
     module.load_state_dict(checkpoint["state_dict"])
-    callbacks = [RichProgressBar(), *tracking_callbacks(cfg, "predict", reference)]
+    collector = PredictionCollector()
+    callbacks = [RichProgressBar(), collector, *tracking_callbacks(cfg, "predict", reference)]
     trainer = build_trainer(cfg, callbacks, loggers)
-    predictions = trainer.predict(module, datamodule=datamodule)
-    partial = bool(trainer.fast_dev_run) or cfg.trainer.get("limit_predict_batches") is not None
-    paths = write_submission(cfg, datamodule, predictions, partial=partial)
-    _log_predictions(cfg, loggers, paths, predictions, "predict", "predict", reference)
+    trainer.predict(module, datamodule=datamodule, return_predictions=False)
+    paths = write_submission(cfg, datamodule, collector.rows, partial=_partial_run(cfg, trainer, "predict"))
+    _log_predictions(cfg, loggers, paths, collector.rows, "predict", "predict", reference)
     return paths
 
 
 def write_submission(
     cfg: DictConfig,
     datamodule: ReceiptDataModule,
-    batches: list[list[dict]],
+    predictions: list[dict],
     partial: bool = False,
     split: str = "predict",
     name: str | None = None,
 ) -> dict[str, Path]:
-    """Write the JSON and the validated CSV. ``partial`` (a fast_dev_run or a limited run)
-    skips the every-image-present check, with a warning."""
-    predictions = [item for batch in batches for item in batch]
+    """Write the JSON and the validated CSV of ``predictions`` (one row per image, as
+    :class:`PredictionCollector` keeps them) and return their paths; in a distributed run only
+    the first process writes. ``partial`` (a fast_dev_run or a limited run) skips the
+    every-image-present check, with a warning."""
     expected = [sample.name for sample in datamodule.datasets[split].samples]
     if partial:
         log.warning("Partial prediction run: the submission holds %d of %d images", len(predictions), len(expected))
         expected = None
     folder = Path(cfg.output_dir) / "submissions"
     name = name or cfg.get("submission_name", "submission")
-    paths = {
-        "json": write_predictions_json(folder / f"{name}.json", predictions),
-        "csv": write_submission_csv(folder / f"{name}.csv", predictions, expected_images=expected),
-    }
+    paths = {"json": folder / f"{name}.json", "csv": folder / f"{name}.csv"}
+    if rank_zero_only.rank != 0:  # every process holds all the rows (merged): one writes them
+        return paths
+    write_predictions_json(paths["json"], predictions)
+    write_submission_csv(paths["csv"], predictions, expected_images=expected)
     log.info("Wrote %d predictions: %s and %s", len(predictions), paths["json"], paths["csv"])
     return paths

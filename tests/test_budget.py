@@ -1,9 +1,12 @@
 """The training time budget: how many epochs fit, and a real fit shortened by it."""
 
+import json
+
 import pytest
 import torch
 
 from ocr.budget import TimeBudget, plan_epochs, validations_between
+from ocr.submission import read_submission_csv
 from tests.test_runners import run_runner, tiny  # noqa: F401  (fixture)
 
 
@@ -38,9 +41,14 @@ def test_a_fit_over_its_budget_trains_fewer_epochs_validates_the_last_and_stretc
     result = run_runner(
         "train.py", "exp_name=budget", f"output_dir={out}", "trainer.max_epochs=4", "trainer.limit_train_batches=2",
         "trainer.check_val_every_n_epoch=3", "time_budget.minutes=0.0001", "time_budget.calibration_steps=1",
-        "test_after_fit=false", "predict_after_fit=false", *common,
+        *common,
     )  # fmt: skip
-    assert "-> 1 of 4 epochs (2 steps)" in result.stdout + result.stderr
+    # the test pass after fit is reserved; the submission is of the test images, so it is written
+    # from that pass and no predict pass is reserved
+    assert "(+1 evaluation passes after fit) -> 1 of 4 epochs (2 steps)" in result.stdout + result.stderr
+    assert set(read_submission_csv(out / "submissions" / "submission.csv")) == set(
+        json.loads((root / "data" / "jsons" / "test.json").read_text())["images"]
+    )
     checkpoints = sorted(p.name for p in (out / "checkpoints").glob("*.ckpt"))
     assert len(checkpoints) == 2 and checkpoints[0].startswith("epoch000-hmean")  # the best one: validated
     last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

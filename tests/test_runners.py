@@ -237,3 +237,30 @@ def torch_load(path):
     import torch
 
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_two_process_ddp_scores_and_writes_every_image_once(trained, tiny):
+    """strategy=ddp on two CPU processes (gloo): each process infers only its shard of a split
+    (3 test images: 2 each, one of them repeated by DistributedSampler), yet the submission holds
+    every image once and the detections are those of a single process."""
+    root, common = tiny
+    ddp = ("trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp")
+    truth = set(json.loads((root / "data" / "jsons" / "test.json").read_text())["images"])
+
+    out = root / "ddp_fit"
+    run_runner("train.py", "exp_name=ddp", f"output_dir={out}", "trainer.max_epochs=1", *ddp, *common)
+    assert set(read_submission_csv(out / "submissions" / "submission.csv")) == truth
+    with (out / "logs" / "train" / "metrics.csv").open() as handle:
+        assert {"val/hmean", "test/hmean"} <= set(next(csv.reader(handle)))
+
+    checkpoint = next((trained / "checkpoints").glob("epoch*.ckpt"))
+    detections = {}
+    for name, extra in (("single", ()), ("ddp", ddp)):
+        run_runner("test.py", f"checkpoint_path={checkpoint}", f"output_dir={root / ('test_' + name)}", *extra, *common)
+        run_runner("predict.py", f"checkpoint_path={checkpoint}", f"output_dir={root / ('pred_' + name)}", *extra, *common)
+        tested = json.loads((root / f"test_{name}" / "submissions" / "test_predictions.json").read_text())["images"]
+        predicted = json.loads((root / f"pred_{name}" / "submissions" / "submission.json").read_text())["images"]
+        assert set(tested) == set(predicted) == truth
+        assert tested == predicted  # test and predict infer alike
+        detections[name] = tested
+    assert detections["ddp"] == detections["single"]

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch.distributed as dist
 
+from ocr.distributed import merge_across_ranks
 from ocr.metrics.cleval import cleval_image_scores
 from ocr.metrics.errors import match_errors
 from ocr.metrics.iou import IoUCounts, as_polygons, pooled_scores
@@ -115,15 +115,7 @@ class DetectionEvaluator:
         DistributedSampler pads the last batch with repeated samples; they carry the same image id and
         so count once.
         """
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
-            return
-        gathered: list[list[dict[str, Any]] | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, list(self._rows.values()))
-        merged: dict[str, dict[str, Any]] = {}
-        for rank_rows in gathered:
-            for row in rank_rows or []:
-                merged[row["image_id"]] = row
-        self._rows = merged
+        self._rows = {row["image_id"]: row for row in merge_across_ranks(list(self._rows.values()), "image_id")}
 
     def __len__(self) -> int:
         return len(self._rows)

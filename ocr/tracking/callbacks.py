@@ -8,7 +8,8 @@ W&B-specific (they act only when a W&B run is active, on rank zero): :class:`Wan
 (resolved config, system info, parameter count, dataset sizes, ``define_metric``, ``wandb.watch``),
 :class:`WandbBestSummary` (``best/val_hmean``, ``best/epoch``, ``total_training_time``),
 :class:`WandbEvaluationMedia` (images with ground truth and predictions drawn, per-image table).
-:class:`PredictionCollector` keeps test detections so they can be written and uploaded.
+:class:`PredictionCollector` keeps the detections of a test or predict run, merged across processes,
+so they can be written and uploaded.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from ocr.distributed import merge_across_ranks
+from ocr.lightning_module import prediction_rows
 from ocr.tracking.wandb_setup import active_run, find_wandb_logger, scrub_secrets
 
 log = logging.getLogger(__name__)
@@ -204,25 +207,33 @@ class CheckpointRunInfo(Callback):
 
 
 class PredictionCollector(Callback):
-    """Keep the detections of a test run as the rows :func:`ocr.run.write_submission` writes."""
+    """The detections of a test or predict run, one row per image as :func:`ocr.run.write_submission`
+    writes them. At the end of the run the rows of all processes are merged, while the process
+    group is still up, so that every process holds every image (each saw only its shard)."""
 
     def __init__(self) -> None:
-        self.batches: list[list[dict[str, Any]]] = []
+        self.rows: list[dict[str, Any]] = []
 
-    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.batches = []
+    def _start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.rows = []
+
+    def _merge(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.rows = sorted(merge_across_ranks(self.rows, "name"), key=lambda row: row["name"])
+
+    on_test_epoch_start = on_predict_epoch_start = _start
+    on_test_epoch_end = on_predict_epoch_end = _merge
 
     def on_test_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if not outputs:
-            return
-        self.batches.append(
-            [
-                {"name": name, "raw_size": size, "polygons": found.polygons, "scores": found.scores}
-                for name, size, found in zip(batch["name"], batch["raw_size"], outputs)
-            ]
-        )
+        if outputs:  # the module's Detections
+            self.rows += prediction_rows(batch, outputs)
+
+    def on_predict_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if outputs:  # predict_step's rows
+            self.rows += outputs
 
 
 # -- W&B ------------------------------------------------------------------------------------------
