@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -44,7 +45,10 @@ def cpu_has_native_bf16() -> bool:
     flags = (cpuinfo_field("flags") or "").split()
     native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and ("avx512_bf16" in flags or "amx_bf16" in flags)
     if not native:
-        log.info("this CPU has no native bf16 (AVX512-BF16 or AMX): CPU runs use float32 and contiguous tensors")
+        log.info(
+            "this CPU has no native bf16 (AVX512-BF16 or AMX): CPU runs use float32, contiguous tensors "
+            "and the config's choices for float32 CPUs (if_float32_cpu)"
+        )
     return native
 
 
@@ -64,9 +68,22 @@ def auto_precision() -> str:
 def auto_channels_last() -> bool:
     """channels_last where the convolutions are faster with it: GPUs and bf16 CPUs. In float32
     on an AVX2 CPU it made the training step slower (3.73 s against 3.35 s, ``benchmarks/speed.py``)."""
+    return not trains_in_float32_on_cpu()
+
+
+def trains_in_float32_on_cpu() -> bool:
+    """Whether training here runs on a CPU without native bf16 (no CUDA GPU either): the machines
+    where ``auto_precision`` gives ``32-true`` and a training step costs ~4x what it does with
+    native bf16."""
     import torch
 
-    return torch.cuda.is_available() or cpu_has_native_bf16()
+    return not torch.cuda.is_available() and not cpu_has_native_bf16()
+
+
+def if_float32_cpu(value: Any, otherwise: Any) -> Any:
+    """``value`` on a CPU that trains in float32 (see ``trains_in_float32_on_cpu``), else
+    ``otherwise``: a recipe's cheaper choice for the machines where its steps cost the most."""
+    return value if trains_in_float32_on_cpu() else otherwise
 
 
 def register_resolvers() -> None:
@@ -75,6 +92,7 @@ def register_resolvers() -> None:
         "num_workers": default_num_workers,
         "auto_precision": auto_precision,
         "auto_channels_last": auto_channels_last,
+        "if_float32_cpu": if_float32_cpu,
     }
     for name, function in resolvers.items():
         if not OmegaConf.has_resolver(name):

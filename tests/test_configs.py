@@ -169,16 +169,20 @@ def test_a_checkpoint_from_before_models_network_rebuilds_its_dbnet(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("cuda", "cuda_bf16", "cpu_flags", "precision", "channels_last"),
+    ("cuda", "cuda_bf16", "cpu_flags", "precision", "channels_last", "recipe_channels"),
     [
-        (False, False, "fpu sse2 avx2 fma", "32-true", False),  # emulated bf16 is ~10x slower than float32
-        (False, False, "fpu avx2 avx512f avx512_bf16", "bf16-mixed", True),
-        (False, False, "fpu avx2 avx512f amx_tile amx_bf16", "bf16-mixed", True),
-        (True, True, "fpu avx2", "bf16-mixed", True),
-        (True, False, "fpu avx2", "16-mixed", True),
+        # emulated bf16 is ~10x slower than float32, and float32 steps ~4x slower than native bf16:
+        # the CPU recipe's ResNet18 has half its channels there
+        (False, False, "fpu sse2 avx2 fma", "32-true", False, [32, 64, 128, 256]),
+        (False, False, "fpu avx2 avx512f avx512_bf16", "bf16-mixed", True, [64, 128, 256, 512]),
+        (False, False, "fpu avx2 avx512f amx_tile amx_bf16", "bf16-mixed", True, [64, 128, 256, 512]),
+        (True, True, "fpu avx2", "bf16-mixed", True, [64, 128, 256, 512]),
+        (True, False, "fpu avx2", "16-mixed", True, [64, 128, 256, 512]),
     ],
 )
-def test_precision_and_memory_format_follow_the_hardware(monkeypatch, tmp_path, cuda, cuda_bf16, cpu_flags, precision, channels_last):
+def test_precision_memory_format_and_recipe_width_follow_the_hardware(
+    monkeypatch, tmp_path, cuda, cuda_bf16, cpu_flags, precision, channels_last, recipe_channels
+):
     import ocr.config
 
     cpuinfo = tmp_path / "cpuinfo"
@@ -193,8 +197,23 @@ def test_precision_and_memory_format_follow_the_hardware(monkeypatch, tmp_path, 
         cfg = compose_config("train", ["preset=example"])
         assert cfg.trainer.precision == precision
         assert cfg.lightning_module.channels_last is channels_last
+        assert build_model(cfg.models).encoder.channels == [64, 128, 256, 512]  # the example preset's ResNet18 everywhere
+        recipe = build_model(compose_config("train", ["preset=sroie"]).models)
+        assert recipe.encoder.channels == recipe_channels
+        # the GPU recipe's ResNet50 keeps its own width on every machine
+        gpu = compose_config("train", ["preset=sroie_gpu", "models.encoder.pretrained=false"])
+        assert build_model(gpu.models).encoder.channels == [256, 512, 1024, 2048]
     finally:
         ocr.config.cpu_has_native_bf16.cache_clear()  # the real machine's answer for the other tests
+
+
+def test_encoder_settings_left_null_are_the_models_defaults_and_unknown_ones_are_named():
+    from ocr.models.encoder import TimmEncoder
+
+    assert TimmEncoder("resnet18", channels=None).channels == [64, 128, 256, 512]
+    assert TimmEncoder("resnet18", channels=[16, 32, 64, 128]).channels == [16, 32, 64, 128]
+    with pytest.raises(TypeError, match=r"'mobilenetv3_small_050' does not take the models.encoder settings channels=\[16, 32\]"):
+        TimmEncoder("mobilenetv3_small_050", channels=[16, 32])
 
 
 def test_only_the_cpu_recipe_has_a_time_budget():

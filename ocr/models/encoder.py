@@ -23,8 +23,18 @@ class TimmEncoder(nn.Module):
 
     def __init__(self, model_name: str = "resnet18", pretrained: bool = False, num_levels: int = 4, **timm_kwargs):
         super().__init__()
+        # null in a config: the model's own default (a preset can set a ResNet's channels only on some machines)
+        timm_kwargs = {key: value for key, value in timm_kwargs.items() if value is not None}
         try:
             self.model = timm.create_model(model_name, pretrained=pretrained, features_only=True, **timm_kwargs)
+        except TypeError as error:
+            if not timm_kwargs:
+                raise
+            raise TypeError(
+                f"timm model {model_name!r} does not take the models.encoder settings "
+                f"{', '.join(f'{k}={v}' for k, v in timm_kwargs.items())}: {error}. Set them to null for this model "
+                "(preset=sroie gives ResNets half their channels on CPUs that train in float32)."
+            ) from error
         except Exception as error:  # hub/network errors come in many types
             if not pretrained:
                 raise
