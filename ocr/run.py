@@ -136,6 +136,15 @@ def load_checkpoint_into(cfg: DictConfig, overrides: list[str] | None = None) ->
         raise FileNotFoundError(f"{path}: checkpoint not found")
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     run_config = checkpoint.get("ocr_config") or {}
+    adopt_architecture(cfg, run_config)
+    adopt_inference_settings(cfg, run_config, command_line_keys(overrides))
+    return checkpoint
+
+
+def adopt_architecture(cfg: DictConfig, run_config: dict[str, Any]) -> None:
+    """Put the checkpoint's network (``ARCHITECTURE_KEYS`` of its resolved ``run_config``) into
+    ``cfg.models``: its weights fit only that network, whatever this machine's config resolves to
+    (``preset=sroie`` builds a narrower ResNet18 on float32 CPUs)."""
     stored = run_config.get("models", {})
     if stored and "network" not in stored:  # saved before models.network existed: a DBNet
         stored = {**stored, "network": None}
@@ -146,8 +155,6 @@ def load_checkpoint_into(cfg: DictConfig, overrides: list[str] | None = None) ->
                 log.info("Using the checkpoint's models.%s settings: %s", key, stored[key])
             with open_dict(cfg.models):
                 cfg.models[key] = stored[key]
-    adopt_inference_settings(cfg, run_config, command_line_keys(overrides))
-    return checkpoint
 
 
 def command_line_keys(overrides: list[str] | None = None) -> set[str]:
@@ -252,6 +259,13 @@ def _with_loggers(cfg: DictConfig, job_type: str, work: Callable[[list[Logger]],
 
 def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("resume"):
+        # the run goes on with the network it started with, even on another kind of machine;
+        # mmap: only the config is read here, Lightning reads the weights and optimizer state
+        path = Path(cfg.resume)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: checkpoint to resume from not found")
+        adopt_architecture(cfg, torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("ocr_config") or {})
     save_resolved_config(cfg, "config.yaml")
     return _with_loggers(cfg, "train", lambda loggers: _train(cfg, loggers))
 

@@ -81,13 +81,19 @@ def test_resume_continues_from_the_latest_epoch_and_keeps_the_first_logs(trained
     out = root / "resumed"
     shutil.copytree(trained, out)
     first_log = (out / "logs" / "train" / "metrics.csv").read_text()
-    run_runner(
+    # a config that resolves to another network (as preset=sroie does on another kind of machine):
+    # the run goes on with the checkpoint's
+    result = run_runner(
         "train.py", "exp_name=fit", f"output_dir={out}", f"resume={out / 'checkpoints' / 'last.ckpt'}",
         "trainer.max_epochs=3", "trainer.limit_train_batches=2", "trainer.log_every_n_steps=1",
         "checkpoint.monitor=epoch", "checkpoint.mode=min", "predict_after_fit=false", *common,
+        "models.decoder.inner_channels=32",
     )  # fmt: skip
+    assert "Using the checkpoint's models.decoder settings" in result.stdout + result.stderr
+    assert "inner_channels: 64" in (out / "config.yaml").read_text()
     last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert (last["epoch"], last["global_step"]) == (2, 6)  # one more epoch after the two already run
+    assert last["ocr_config"]["models"]["decoder"]["inner_channels"] == 64
     assert (out / "logs" / "train" / "metrics.csv").read_text() == first_log
     with (out / "logs" / "train-resumed-1" / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
