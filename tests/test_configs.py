@@ -169,19 +169,20 @@ def test_a_checkpoint_from_before_models_network_rebuilds_its_dbnet(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("cuda", "cuda_bf16", "cpu_flags", "precision", "channels_last", "recipe_channels"),
+    ("cuda", "cuda_bf16", "cpu_flags", "precision", "channels_last", "recipe_channels", "recipe_fpn", "recipe_val_every"),
     [
         # emulated bf16 is ~10x slower than float32, and float32 steps ~4x slower than native bf16:
-        # the CPU recipe's ResNet18 has half its channels there
-        (False, False, "fpu sse2 avx2 fma", "32-true", False, [32, 64, 128, 256]),
-        (False, False, "fpu avx2 avx512f avx512_bf16", "bf16-mixed", True, [64, 128, 256, 512]),
-        (False, False, "fpu avx2 avx512f amx_tile amx_bf16", "bf16-mixed", True, [64, 128, 256, 512]),
-        (True, True, "fpu avx2", "bf16-mixed", True, [64, 128, 256, 512]),
-        (True, False, "fpu avx2", "16-mixed", True, [64, 128, 256, 512]),
+        # the CPU recipe's network is cheaper there (half-width ResNet18, FPN 64) and validates less often
+        (False, False, "fpu sse2 avx2 fma", "32-true", False, [32, 64, 128, 256], 64, 8),
+        (False, False, "fpu avx2 avx512f avx512_bf16", "bf16-mixed", True, [64, 128, 256, 512], 128, 4),
+        (False, False, "fpu avx2 avx512f amx_tile amx_bf16", "bf16-mixed", True, [64, 128, 256, 512], 128, 4),
+        (True, True, "fpu avx2", "bf16-mixed", True, [64, 128, 256, 512], 128, 4),
+        (True, False, "fpu avx2", "16-mixed", True, [64, 128, 256, 512], 128, 4),
     ],
 )
 def test_precision_memory_format_and_recipe_width_follow_the_hardware(
-    monkeypatch, tmp_path, cuda, cuda_bf16, cpu_flags, precision, channels_last, recipe_channels
+    monkeypatch, tmp_path, cuda, cuda_bf16, cpu_flags, precision, channels_last, recipe_channels, recipe_fpn,
+    recipe_val_every,
 ):
     import ocr.config
 
@@ -198,11 +199,16 @@ def test_precision_memory_format_and_recipe_width_follow_the_hardware(
         assert cfg.trainer.precision == precision
         assert cfg.lightning_module.channels_last is channels_last
         assert build_model(cfg.models).encoder.channels == [64, 128, 256, 512]  # the example preset's ResNet18 everywhere
-        recipe = build_model(compose_config("train", ["preset=sroie"]).models)
+        recipe_cfg = compose_config("train", ["preset=sroie"])
+        recipe = build_model(recipe_cfg.models)
         assert recipe.encoder.channels == recipe_channels
-        # the GPU recipe's ResNet50 keeps its own width on every machine
+        assert recipe.decoder.out_channels == recipe_fpn
+        assert recipe_cfg.trainer.check_val_every_n_epoch == recipe_val_every
+        # the GPU recipe's ResNet50 keeps its own widths and cadence on every machine
         gpu = compose_config("train", ["preset=sroie_gpu", "models.encoder.pretrained=false"])
-        assert build_model(gpu.models).encoder.channels == [256, 512, 1024, 2048]
+        gpu_model = build_model(gpu.models)
+        assert gpu_model.encoder.channels == [256, 512, 1024, 2048] and gpu_model.decoder.out_channels == 256
+        assert gpu.trainer.check_val_every_n_epoch == 20
     finally:
         ocr.config.cpu_has_native_bf16.cache_clear()  # the real machine's answer for the other tests
 
