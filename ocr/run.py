@@ -131,14 +131,20 @@ def load_checkpoint_into(cfg: DictConfig, overrides: list[str] | None = None) ->
     only fit the network they were trained with) and its inference settings (``INFERENCE_KEYS``)
     into ``cfg`` except those named in ``overrides`` (by default the Hydra command line), and
     return the checkpoint."""
-    path = Path(cfg.checkpoint_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(cfg.checkpoint_path)
     run_config = checkpoint.get("ocr_config") or {}
     adopt_architecture(cfg, run_config)
     adopt_inference_settings(cfg, run_config, command_line_keys(overrides))
     return checkpoint
+
+
+def read_checkpoint(path: str | Path, what: str = "checkpoint", mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint onto the CPU, or raise FileNotFoundError naming the file and ``what`` it was
+    for. ``mmap``: tensors stay on disk until touched (for reading only its config)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
 
 
 def adopt_architecture(cfg: DictConfig, run_config: dict[str, Any]) -> None:
@@ -262,10 +268,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("resume"):
         # the run goes on with the network it started with, even on another kind of machine;
         # mmap: only the config is read here, Lightning reads the weights and optimizer state
-        path = Path(cfg.resume)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: checkpoint to resume from not found")
-        adopt_architecture(cfg, torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("ocr_config") or {})
+        checkpoint = read_checkpoint(cfg.resume, "checkpoint to resume from", mmap=True)
+        adopt_architecture(cfg, checkpoint.get("ocr_config") or {})
     save_resolved_config(cfg, "config.yaml")
     return _with_loggers(cfg, "train", lambda loggers: _train(cfg, loggers))
 
