@@ -1,13 +1,16 @@
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from ocr.config import register_resolvers
+from ocr.data.transforms import PolygonAugment
 from ocr.run import build_datamodule, build_model, build_module
-from tests.helpers import write_tiny_detector_onnx
+from tests.helpers import rect, write_tiny_detector_onnx
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 PRESETS = sorted(p.stem for p in Path(CONFIG_DIR, "preset").glob("*.yaml"))
@@ -227,3 +230,46 @@ def test_only_the_cpu_recipe_has_a_time_budget():
     assert compose_config("train", ["preset=sroie"]).time_budget.minutes == 95
     for preset in ("example", "sroie_gpu", "sroie_ppocr"):
         assert compose_config("train", [f"preset={preset}"]).time_budget.minutes is None
+
+
+def test_sroie_photo_geometry_keeps_the_whole_page_and_each_word_on_its_ink():
+    """preset=sroie_photo's page perspective and rotation (every draw forced) keep every word in the
+    frame (fit_output) and move each polygon with its own black ink, not onto the paper or the
+    darker surface around the page."""
+    cfg = compose_config("train", ["preset=sroie_photo"])
+    geometry = [instantiate(t) for t in cfg.page_augment.geometry]
+    assert [type(t).__name__ for t in geometry] == ["Perspective", "Affine"]
+    for transform in geometry:
+        assert transform.fit_output and transform.p > 0
+        transform.p = 1.0
+    page = np.full((500, 300, 3), 255, np.uint8)
+    polygons = [np.array(rect(x, y, x + 90, y + 18), float) for x in (5, 205) for y in range(5, 480, 40)]
+    for x0, y0 in (p[0] for p in polygons):
+        page[int(y0) : int(y0) + 19, int(x0) : int(x0) + 91] = 0
+    augment = PolygonAugment(geometry, seed=0)
+    for _ in range(10):
+        image, moved, _ = augment(page, polygons, [False] * len(polygons))
+        assert len(moved) == len(polygons)  # no corner word cut off
+        gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        assert (gray == 64).mean() > 0.002  # the surface around the tilted page
+        for polygon in moved:
+            inside = np.zeros(gray.shape, np.uint8)
+            cv2.fillPoly(inside, [np.round(polygon).astype(np.int32)], 1)
+            inside = cv2.erode(inside, np.ones((5, 5), np.uint8))  # off the anti-aliased edge
+            assert inside.any() and np.median(gray[inside > 0]) < 32  # black ink, not paper (255) or surface (64)
+
+
+def test_the_augmentation_slots_reach_the_training_pipeline():
+    """Both presets build one pipeline: rescale, the geometry slot, the crop, the look slot; the
+    photo preset changes only what is in the slots."""
+    def steps(preset):
+        pipeline = build_datamodule(compose_config("train", [f"preset={preset}"])).train_augment.pipeline
+        return [[type(t).__name__ for t in step.transforms] if type(step).__name__ == "Sequential"
+                else type(step).__name__ for step in pipeline.transforms]  # fmt: skip
+
+    assert steps("sroie") == ["RandomRescale", ["Affine"], "TextAwareRandomCrop",
+                              ["RandomBrightnessContrast", "ColorJitter", "ImageCompression"]]  # fmt: skip
+    photo = steps("sroie_photo")
+    assert photo[0] == "RandomRescale" and photo[2] == "TextAwareRandomCrop"
+    assert photo[1] == ["Perspective", "Affine"]
+    assert {"RandomShadow", "OneOf", "GaussNoise"} <= set(photo[3])
