@@ -40,6 +40,7 @@ class DBNetModule(L.LightningModule):
         evaluator: DetectionEvaluator | None = None,
         channels_last: bool = False,
         tta_scales: list[float] | None = None,
+        encoder_lr_scale: float = 1.0,
     ):
         super().__init__()
         self.run_config: dict[str, Any] = {}  # the resolved run config, set by the runner
@@ -48,6 +49,7 @@ class DBNetModule(L.LightningModule):
         self.evaluator = evaluator if evaluator is not None else DetectionEvaluator()  # an empty one is falsy (len 0)
         self.channels_last = channels_last
         self.tta_scales = [float(scale) for scale in tta_scales or []]
+        self.encoder_lr_scale = float(encoder_lr_scale)
         # a network may say how it was trained to see images (PPOCRDetector: 0.5, 0.5); else ImageNet's
         mean, std = getattr(model, "input_mean", IMAGENET_MEAN), getattr(model, "input_std", IMAGENET_STD)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
@@ -200,8 +202,27 @@ class DBNetModule(L.LightningModule):
         checkpoint["ocr_config"] = self.run_config
 
     # -- optimisation -------------------------------------------------------------------
+    def parameter_groups(self) -> Any:
+        """All parameters at the optimizer's learning rate, or, with ``encoder_lr_scale`` != 1, the
+        encoder's at that fraction of it (a pretrained backbone under a head trained from scratch);
+        the scheduler scales both groups alike."""
+        encoder = getattr(self.model, "encoder", None)
+        if self.encoder_lr_scale == 1.0:
+            return self.parameters()
+        base_lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
+        if encoder is None or base_lr is None:
+            raise ValueError(
+                f"lightning_module.encoder_lr_scale={self.encoder_lr_scale} needs a network with an encoder "
+                f"(got {type(self.model).__name__}) and an optimizer partial with lr set (models.optimizer.lr)"
+            )
+        encoder_ids = {id(parameter) for parameter in encoder.parameters()}
+        return [
+            {"params": [p for p in self.parameters() if id(p) not in encoder_ids]},
+            {"params": list(encoder.parameters()), "lr": base_lr * self.encoder_lr_scale},
+        ]
+
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=self.parameter_groups())
         if self.scheduler_factory is None:
             return optimizer
         kwargs = {}

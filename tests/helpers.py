@@ -75,3 +75,34 @@ def write_tiny_detector_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def write_tiny_backbone_detector_onnx(path: Path, widths: tuple[int, ...] = (4, 6, 8, 10)) -> tuple[Path, dict[str, np.ndarray]]:
+    """A stand-in for PP-OCR's exported detector with a backbone: four strided 3x3 convolutions
+    (strides 4, 2, 2, 2, so features at 4, 8, 16 and 32, named ``f4`` ... ``f32``), then a head
+    convolution on ``f4`` and a Sigmoid; weights as Constant nodes. Returns the path and weights."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, weights, previous, channels = [], {}, "x", 3
+    for level, (stride, width) in enumerate(zip((4, 2, 2, 2), widths)):
+        name = f"f{4 * 2**level}"
+        weights[name] = rng.normal(0, 0.3, (width, channels, 3, 3)).astype(np.float32)
+        nodes.append(helper.make_node("Constant", [], [f"{name}.w"], value=numpy_helper.from_array(weights[name])))
+        nodes.append(helper.make_node("Conv", [previous, f"{name}.w"], [name], strides=[stride, stride], pads=[1, 1, 1, 1]))
+        previous, channels = name, width
+    weights["head"] = rng.normal(0, 0.3, (1, widths[0], 1, 1)).astype(np.float32)
+    nodes.append(helper.make_node("Constant", [], ["head.w"], value=numpy_helper.from_array(weights["head"])))
+    nodes.append(helper.make_node("Conv", ["f4", "head.w"], ["logits"]))
+    nodes.append(helper.make_node("Sigmoid", ["logits"], ["probabilities"]))
+    graph = helper.make_graph(
+        nodes,
+        "tiny_backbone_detector",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 1, "h4", "w4"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path, weights

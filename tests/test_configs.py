@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from ocr.config import register_resolvers
 from ocr.data.transforms import PolygonAugment
 from ocr.run import build_datamodule, build_model, build_module
-from tests.helpers import rect, write_tiny_detector_onnx
+from tests.helpers import rect, write_tiny_backbone_detector_onnx, write_tiny_detector_onnx
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 PRESETS = sorted(p.stem for p in Path(CONFIG_DIR, "preset").glob("*.yaml"))
@@ -28,11 +28,20 @@ def tiny_detector_onnx(tmp_path_factory):
     return write_tiny_detector_onnx(tmp_path_factory.mktemp("onnx") / "detector.onnx")
 
 
+@pytest.fixture(scope="module")
+def tiny_backbone_onnx(tmp_path_factory):
+    return write_tiny_backbone_detector_onnx(tmp_path_factory.mktemp("onnx") / "backbone.onnx")[0]
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("name", ["train", "test", "predict"])
-def test_every_preset_composes_and_builds(name, preset, tiny_detector_onnx):
-    # no ImageNet download in tests (presets for GPU users ask for pretrained weights)
-    overrides = [f"preset={preset}", "models.encoder.pretrained=false"] + (["checkpoint_path=x.ckpt"] if name != "train" else [])
+def test_every_preset_composes_and_builds(name, preset, tiny_detector_onnx, tiny_backbone_onnx):
+    overrides = [f"preset={preset}"] + (["checkpoint_path=x.ckpt"] if name != "train" else [])
+    cfg = compose_config(name, overrides)
+    if cfg.models.encoder._target_.endswith("PPOCRBackbone"):  # PP-OCR's backbone (sroie_ppocr_backbone): a stand-in
+        overrides += [f"models.encoder.onnx_path={tiny_backbone_onnx}", "models.encoder.feature_names=[f4,f8,f16,f32]"]
+    else:  # no ImageNet download in tests (presets for GPU users ask for pretrained weights)
+        overrides += ["models.encoder.pretrained=false"]
     cfg = compose_config(name, overrides)
     if cfg.models.network is not None:  # nor PP-OCR's detector (preset sroie_ppocr): a stand-in
         cfg = compose_config(name, overrides + [f"models.network.onnx_path={tiny_detector_onnx}"])
@@ -227,7 +236,8 @@ def test_encoder_settings_left_null_are_the_models_defaults_and_unknown_ones_are
 
 def test_only_the_cpu_recipe_has_a_time_budget():
     # the recipe's command must end within 100 minutes whatever the CPU (README, ocr/budget.py)
-    assert compose_config("train", ["preset=sroie"]).time_budget.minutes == 95
+    for preset in ("sroie", "sroie_ppocr_backbone"):
+        assert compose_config("train", [f"preset={preset}"]).time_budget.minutes == 95
     for preset in ("example", "sroie_gpu", "sroie_ppocr"):
         assert compose_config("train", [f"preset={preset}"]).time_budget.minutes is None
 

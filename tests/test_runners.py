@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ocr.submission import read_submission_csv
@@ -218,6 +219,30 @@ def test_a_whole_network_from_models_network_trains_and_is_rebuilt_from_its_chec
     result = run_runner("predict.py", f"checkpoint_path={checkpoint}", f"output_dir={root / 'network_pred'}", *common)
     assert "Using the checkpoint's models.network settings" in result.stdout + result.stderr
     assert len(read_submission_csv(root / "network_pred" / "submissions" / "submission.csv")) == 3
+
+
+def test_a_pretrained_ppocr_backbone_trains_under_the_dbnet_head_and_is_rebuilt_from_its_checkpoint(tiny):
+    # preset=sroie_ppocr_backbone's route (PP-OCR's backbone cut out of its ONNX graph), with a stand-in graph
+    from tests.helpers import write_tiny_backbone_detector_onnx
+
+    root, common = tiny
+    onnx_path, weights = write_tiny_backbone_detector_onnx(root / "tiny_backbone.onnx")
+    out = root / "backbone"
+    run_runner(
+        "train.py", "exp_name=backbone", f"output_dir={out}", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+        "trainer.precision=32-true", "preset/models/encoder@models.encoder=ppocr_backbone",
+        f"models.encoder.onnx_path={onnx_path}", "models.encoder.feature_names=[f4,f8,f16,f32]", *common,
+    )
+    checkpoint = next((out / "checkpoints").glob("epoch*.ckpt"))
+    state = torch_load(checkpoint)["state_dict"]
+    backbone = {k: v for k, v in state.items() if k.startswith("model.encoder.")}
+    assert sum(v.numel() for v in backbone.values()) == sum(weights[f"f{s}"].size for s in (4, 8, 16, 32))
+    assert any(k.startswith("model.head.threshold") for k in state)  # the project's own head, threshold branch included
+    # trained: the backbone's weights moved from the ONNX file's
+    first = [v for k, v in backbone.items() if tuple(v.shape) == weights["f4"].shape][0]
+    assert not np.allclose(first.numpy(), weights["f4"])
+    result = run_runner("predict.py", f"checkpoint_path={checkpoint}", f"output_dir={root / 'backbone_pred'}", *common)
+    assert len(read_submission_csv(root / "backbone_pred" / "submissions" / "submission.csv")) == 3
 
 
 def test_accuracy_benchmark_scores_a_configured_network_without_a_checkpoint(tiny, capsys):

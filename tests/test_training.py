@@ -176,3 +176,35 @@ def test_warmup_cosine_decays_to_its_end_after_total_steps_change_and_keeps_it_i
     restored = warmup_cosine(torch.optim.SGD([parameter], lr=1.0), total_steps=100, warmup_steps=10)
     restored.load_state_dict(scheduler.state_dict())
     assert restored.lr_lambdas[0].total_steps == 40
+
+
+def test_encoder_lr_scale_gives_the_encoder_its_fraction_of_the_learning_rate():
+    module = build_module(compose_config("train", ["lightning_module.encoder_lr_scale=0.1", "models.optimizer.lr=0.002"]))
+    optimizer = module.optimizer_factory(params=module.parameter_groups())
+    head_group, encoder_group = optimizer.param_groups
+    assert head_group["lr"] == pytest.approx(0.002) and encoder_group["lr"] == pytest.approx(0.0002)
+    encoder_ids = {id(p) for p in module.model.encoder.parameters()}
+    assert {id(p) for p in encoder_group["params"]} == encoder_ids
+    assert not encoder_ids & {id(p) for p in head_group["params"]}
+    assert len(head_group["params"]) + len(encoder_group["params"]) == len(list(module.parameters()))
+    # the scheduler keeps the ratio: LambdaLR scales each group's own base rate
+    scheduler = module.scheduler_factory(optimizer=optimizer, total_steps=100)
+    for _ in range(60):
+        optimizer.step()
+        scheduler.step()
+    assert encoder_group["lr"] == pytest.approx(0.1 * head_group["lr"])
+    # the default: one group at the optimizer's rate
+    default = build_module(compose_config("train", []))
+    assert len(default.optimizer_factory(params=default.parameter_groups()).param_groups) == 1
+
+
+def test_encoder_lr_scale_without_an_encoder_says_what_is_missing(tmp_path):
+    import torch.nn as nn
+
+    from ocr.lightning_module import DBNetModule
+    from ocr.models.loss import DBLoss
+    from ocr.postprocess import DBPostProcessor
+
+    module = DBNetModule(nn.Conv2d(3, 1, 3), DBLoss(), DBPostProcessor(), optimizer=torch.optim.SGD, encoder_lr_scale=0.1)
+    with pytest.raises(ValueError, match="encoder_lr_scale=0.1 needs a network with an encoder"):
+        module.parameter_groups()

