@@ -1,6 +1,6 @@
 """Score a checkpoint on any folder of images + annotation JSON; prints Markdown tables.
 
-    python benchmarks/accuracy.py checkpoint_path=outputs/x/checkpoints/last.ckpt \\
+    python -m benchmarks.accuracy checkpoint_path=outputs/x/checkpoints/last.ckpt \\
         images=../shared/data/sroie_dev/val/images annotations=../shared/data/sroie_dev/val/val.json
 
 Any other argument is a Hydra override of the run config (``configs/test.yaml`` with
@@ -27,26 +27,25 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import ocr  # noqa: E402,F401
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+import cv2
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
-from ocr.config import register_resolvers  # noqa: E402
-from ocr.data.dataset import ReceiptDataset, collate_receipts  # noqa: E402
-from ocr.lightning_module import DBNetModule  # noqa: E402
-from ocr.metrics.cleval import cleval_image_scores  # noqa: E402
-from ocr.metrics.detection import DetectionEvaluator, dont_care_flags  # noqa: E402
-from ocr.metrics.errors import MatchErrors, match_errors  # noqa: E402
-from ocr.metrics.iou import as_polygons  # noqa: E402
-from ocr.postprocess import Detections  # noqa: E402
-from ocr.run import build_module, load_checkpoint_into  # noqa: E402
+from ocr.checkpoints import load_checkpoint_into
+from ocr.config import register_resolvers
+from ocr.data.dataset import ReceiptDataset, collate_receipts
+from ocr.factory import build_module
+from ocr.lightning_module import DBNetModule
+from ocr.metrics.cleval import cleval_image_scores
+from ocr.metrics.common import as_polygons, dont_care_flags
+from ocr.metrics.detection import DetectionEvaluator
+from ocr.metrics.errors import MatchErrors, match_errors
+from ocr.models.postprocess import Detections
 
 
 def parse(argv: list[str], doc: str = __doc__) -> tuple[dict[str, str], list[str]]:

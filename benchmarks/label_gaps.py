@@ -6,7 +6,7 @@ them (a space the labels split). Both are in units of the line height. Where the
 detector can tell from the gap width alone where the labels split a line: the script prints the
 width threshold that puts the most gaps on the labels' side, and how many it still gets wrong.
 
-    python benchmarks/label_gaps.py images=../shared/data/sroie_dev/val/images \\
+    python -m benchmarks.label_gaps images=../shared/data/sroie_dev/val/images \\
         annotations=../shared/data/sroie_dev/val/val.json [threshold=1.05]
 
 ``threshold=`` scores a threshold chosen elsewhere (e.g. on the training split) instead.
@@ -15,17 +15,14 @@ width threshold that puts the most gaps on the labels' side, and how many it sti
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ocr.data.annotations import load_samples  # noqa: E402
-from ocr.data.dataset import read_image  # noqa: E402
-from ocr.data.geometry import exif_to_upright  # noqa: E402
-from ocr.data.targets import line_neighbours  # noqa: E402
+from ocr.data.annotations import load_samples
+from ocr.data.dataset import read_image
+from ocr.data.targets import line_neighbours
+from ocr.geometry import exif_to_upright
 
 # the middle rows of a line: ascenders, descenders and underlines do not bridge its spaces
 CORE = 0.15

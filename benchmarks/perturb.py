@@ -2,9 +2,9 @@
 scans holds up on receipts photographed by phone (tilted, in perspective, unevenly lit, blurred,
 recompressed), with the same words transformed with the pixels.
 
-    python benchmarks/perturb.py images=../shared/data/sroie_dev/val/images \\
+    python -m benchmarks.perturb images=../shared/data/sroie_dev/val/images \\
         annotations=../shared/data/sroie_dev/val/val.json out=outputs/val_photo
-    python benchmarks/accuracy.py checkpoint_path=... images=outputs/val_photo/images \\
+    python -m benchmarks.accuracy checkpoint_path=... images=outputs/val_photo/images \\
         annotations=outputs/val_photo/annotations.json
 
 Every image gets its own draw from a fixed seed (``seed=0``), so the copy is the same on every run
@@ -20,18 +20,14 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import albumentations as A
+import cv2
+import numpy as np
 
-import ocr  # noqa: E402,F401  (the torchvision workaround, before albumentations' imports)
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ocr.data.annotations import load_samples  # noqa: E402
-from ocr.data.dataset import read_image  # noqa: E402
-from ocr.data.geometry import exif_to_upright  # noqa: E402
-from ocr.data.transforms import PolygonAugment  # noqa: E402
+from ocr.data.annotations import DONT_CARE, load_samples
+from ocr.data.dataset import read_image
+from ocr.data.transforms import PolygonAugment
+from ocr.geometry import exif_to_upright
 
 # a desk or a hand behind the paper, not more paper
 BACKGROUND = (96, 92, 88)
@@ -71,7 +67,7 @@ def perturb_folder(images: Path, annotations: Path, out: Path, rotate: float = 8
         for number, (points, ignored, text) in enumerate(zip(moved, sample.ignore, sample.texts), 1):
             word = {"points": np.round(np.clip(points, 0, [width - 1, height - 1]), 1).tolist()}
             if ignored:
-                word["transcription"] = "###"
+                word["transcription"] = DONT_CARE
             elif text is not None:
                 word["transcription"] = text
             words[f"{number:04d}"] = word

@@ -1,6 +1,6 @@
 """Grid-search DBNet post-processing for one checkpoint on a folder + JSON, without retraining.
 
-    python benchmarks/postprocess_grid.py checkpoint_path=outputs/sroie/checkpoints/last.ckpt \\
+    python -m benchmarks.postprocess_grid checkpoint_path=outputs/sroie/checkpoints/last.ckpt \\
         images=../shared/data/sroie_dev/val/images annotations=../shared/data/sroie_dev/val/val.json
 
 The network runs once per image; every setting then re-decodes the cached probability maps with
@@ -21,11 +21,8 @@ import dataclasses
 import itertools
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.accuracy import evaluate, load, network_outputs, parse, record  # noqa: E402
+from benchmarks.accuracy import evaluate, load, network_outputs, parse, record
 
 GRID = {
     "thresh": [0.2, 0.25, 0.3, 0.35, 0.4],

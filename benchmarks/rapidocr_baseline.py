@@ -6,8 +6,8 @@ Runs in its own environment (rapidocr_onnxruntime pulls opencv-python, which cla
 project's opencv-python-headless):
 
     python -m venv /tmp/rapid && /tmp/rapid/bin/pip install rapidocr_onnxruntime==1.4.4 onnxruntime
-    /tmp/rapid/bin/python benchmarks/rapidocr_baseline.py ../shared/data/sroie_dev/val/images rapidocr_val.json
-    python benchmarks/score_predictions.py predictions=rapidocr_val.json \\
+    /tmp/rapid/bin/python -m benchmarks.rapidocr_baseline ../shared/data/sroie_dev/val/images rapidocr_val.json
+    python -m benchmarks.score_predictions predictions=rapidocr_val.json \\
         images=../shared/data/sroie_dev/val/images annotations=../shared/data/sroie_dev/val/val.json
 
 Its own knobs, as name=value (its defaults: limit_side_len=736 limit_type=min thresh=0.3
@@ -15,7 +15,7 @@ box_thresh=0.5 unclip_ratio=1.6 use_dilation=true). Comma lists make a grid: the
 per input size, every post-processing setting is applied to that output, and OUTPUT is a folder
 with one JSON per setting, for `score_predictions.py predictions=<folder>`:
 
-    /tmp/rapid/bin/python benchmarks/rapidocr_baseline.py $V/images rapidocr_grid \\
+    /tmp/rapid/bin/python -m benchmarks.rapidocr_baseline $V/images rapidocr_grid \\
         limit_side_len=736,1600 limit_type=min,max thresh=0.2,0.3 unclip_ratio=1.2,1.6
 """
 

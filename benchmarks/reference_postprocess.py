@@ -1,6 +1,6 @@
 """The post-processor as it was before it was optimised (kept to assert identical output).
 
-A verbatim copy of ``ocr/postprocess.py`` as first released: one contour at a time, with
+A verbatim copy of ``ocr/models/postprocess.py`` as first released: one contour at a time, with
 numpy per box. ``tests/test_postprocess.py`` checks the optimised version against it and
 ``benchmarks/speed.py`` reports both.
 """
@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pyclipper
 
-from ocr.data.geometry import upright_size, upright_to_exif
+from ocr.geometry import upright_size, upright_to_exif
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Score saved predictions (our submission CSV or JSON, or any detector's output in the annotation
 JSON layout) against ground truth, with the same scorer as benchmarks/accuracy.py.
 
-    python benchmarks/score_predictions.py predictions=outputs/x/submissions/submission.csv \\
+    python -m benchmarks.score_predictions predictions=outputs/x/submissions/submission.csv \\
         images=../shared/data/sroie_dev/val/images annotations=../shared/data/sroie_dev/val/val.json
 
 An image of the annotations that the predictions lack counts as one with no detections.
@@ -16,13 +16,11 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from benchmarks.accuracy import evaluate, print_breakdowns, print_table  # noqa: E402
-from ocr.data.annotations import load_annotation_file, load_samples  # noqa: E402
-from ocr.submission import read_submission_csv  # noqa: E402
+from benchmarks.accuracy import evaluate, print_breakdowns, print_table
+from ocr.data.annotations import load_annotation_file, load_samples
+from ocr.submission import read_submission_csv
 
 log = logging.getLogger("score_predictions")
 

@@ -1,8 +1,8 @@
 """Per-stage CPU speed of the pipeline on synthetic receipt pages; prints one Markdown table.
 
-    python benchmarks/speed.py            # full run (~25 s on 2 cores)
-    python benchmarks/speed.py --quick    # fewer repeats
-    python benchmarks/speed.py trainer.precision=32-true lightning_module.channels_last=false   # Hydra overrides
+    python -m benchmarks.speed            # full run (~25 s on 2 cores)
+    python -m benchmarks.speed --quick    # fewer repeats
+    python -m benchmarks.speed trainer.precision=32-true lightning_module.channels_last=false   # Hydra overrides
 
 Stages: target maps (ours vs the straightforward per-polygon, per-edge reference),
 augmentation, post-processing, CLEval and IoU metrics, DataLoader throughput and the
@@ -14,25 +14,22 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import ocr  # noqa: E402,F401
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import cv2
+import numpy as np
+import torch
 
-from benchmarks.pages import make_page  # noqa: E402
-from benchmarks.reference_postprocess import ReferenceDBPostProcessor  # noqa: E402
-from benchmarks.reference_targets import reference_db_targets  # noqa: E402
-from ocr.config import cpu_has_native_bf16, cpuinfo_field  # noqa: E402
-from ocr.data.targets import make_db_targets  # noqa: E402
+from benchmarks.pages import make_page
+from benchmarks.reference_postprocess import ReferenceDBPostProcessor
+from benchmarks.reference_targets import reference_db_targets
+from ocr.config import cpu_has_native_bf16, cpuinfo_field
+from ocr.data.targets import make_db_targets
 
 SIZES = [(640, 640, 110), (1024, 1024, 250), (960, 1600, 440)]  # width, height, words
 
@@ -140,7 +137,7 @@ def main() -> None:
             add(f"DataLoader, batch 8, {workers} workers", f"crop {cfg.crop_size}", f"{count / (time.perf_counter() - start):.1f} images/s")
 
     # the model: example preset (bf16 autocast + channels_last on CPU)
-    from ocr.run import build_module
+    from ocr.factory import build_module
 
     module = build_module(cfg)
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)

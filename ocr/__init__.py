@@ -5,3 +5,13 @@ from ocr._compat import ensure_torchvision_importable
 ensure_torchvision_importable()
 
 __version__ = "0.1.0"
+__all__ = ["Detector"]
+
+
+def __getattr__(name: str):
+    # `from ocr import Detector` without making `import ocr` pull in torch, Lightning and OpenCV
+    if name == "Detector":
+        from ocr.detector import Detector
+
+        return Detector
+    raise AttributeError(f"module 'ocr' has no attribute {name!r}")

@@ -4,18 +4,38 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+import os
+from pathlib import Path
+from typing import Any, Sequence
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from ocr.data.datamodule import default_num_workers
+from ocr.geometry import round_to_multiple
 
 log = logging.getLogger(__name__)
+
+# configs/ of this checkout (the package is installed editable from it)
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def compose_config(name: str = "train", overrides: Sequence[str] = ()) -> DictConfig:
+    """The run config ``configs/<name>.yaml`` with ``overrides``, as the runners compose it (outside
+    a Hydra app: benchmarks, tests)."""
+    from hydra import compose, initialize_config_dir
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
 
 
 def multiple_of_32(value: float, factor: float = 1.0) -> int:
     """``value * factor`` rounded to a multiple of 32 (at least 32): network input sides."""
-    return max(32, int(round(float(value) * float(factor) / 32)) * 32)
+    return round_to_multiple(float(value) * float(factor))
+
+
+def default_num_workers() -> int:
+    """Half the CPUs (the rest feed the model), at least 1 and at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
 def cpuinfo_field(name: str) -> str | None:
@@ -38,16 +58,15 @@ def cpu_has_native_bf16() -> bool:
 
     Elsewhere (AVX2-only CPUs: AMD Zen 1-3, many laptops) PyTorch emulates bf16 on the CPU:
     on a 2-core AMD EPYC with AVX2 only, a DBNet training step (ResNet18, 384², batch 4) took
-    30.4 s under bf16 autocast against 3.35 s in float32 (``benchmarks/speed.py``, README
-    "Performance"). Not Linux: no /proc/cpuinfo to read, so float32, the safe choice."""
+    30.4 s under bf16 autocast against 3.35 s in float32 (``python -m benchmarks.speed``,
+    docs/experiments.md). Not Linux: no /proc/cpuinfo to read, so float32, the safe choice."""
     import torch
 
     flags = (cpuinfo_field("flags") or "").split()
     native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and ("avx512_bf16" in flags or "amx_bf16" in flags)
     if not native:
         log.info(
-            "this CPU has no native bf16 (AVX512-BF16 or AMX): CPU runs use float32, contiguous tensors "
-            "and the config's choices for float32 CPUs (if_float32_cpu)"
+            "this CPU has no native bf16 (AVX512-BF16 or AMX): CPU runs use float32 and contiguous tensors"
         )
     return native
 
@@ -67,7 +86,8 @@ def auto_precision() -> str:
 
 def auto_channels_last() -> bool:
     """channels_last where the convolutions are faster with it: GPUs and bf16 CPUs. In float32
-    on an AVX2 CPU it made the training step slower (3.73 s against 3.35 s, ``benchmarks/speed.py``)."""
+    on an AVX2 CPU it made the training step slower (3.73 s against 3.35 s,
+    ``python -m benchmarks.speed``)."""
     return not trains_in_float32_on_cpu()
 
 
@@ -80,10 +100,33 @@ def trains_in_float32_on_cpu() -> bool:
     return not torch.cuda.is_available() and not cpu_has_native_bf16()
 
 
-def if_float32_cpu(value: Any, otherwise: Any) -> Any:
-    """``value`` on a CPU that trains in float32 (see ``trains_in_float32_on_cpu``), else
-    ``otherwise``: a recipe's cheaper choice for the machines where its steps cost the most."""
-    return value if trains_in_float32_on_cpu() else otherwise
+def hardware_note(cfg: Any) -> str:
+    """One line on what this machine changes in a run: numerics only (precision, memory format,
+    DataLoader workers), never the network."""
+    import torch
+
+    machine = (
+        f"GPU {torch.cuda.get_device_name(0)}"
+        if torch.cuda.is_available()
+        else f"CPU {'with' if cpu_has_native_bf16() else 'without'} hardware bf16"
+    )
+    return (
+        f"{machine}: precision {cfg.trainer.precision}, channels_last {cfg.lightning_module.get('channels_last')}, "
+        f"{cfg.datasets.num_workers} DataLoader workers (the network is the preset's on every machine)"
+    )
+
+
+def float32_cpu_suggestion(cfg: Any) -> str | None:
+    """The preset to suggest on a CPU that trains in float32, where the configured one names a
+    cheaper network for such machines (``time_budget.float32_cpu_preset``); else None."""
+    budget = cfg.get("time_budget") or {}
+    preset = budget.get("float32_cpu_preset")
+    if not preset or not budget.get("minutes") or not trains_in_float32_on_cpu():
+        return None
+    return (
+        f"this CPU trains in float32 (no hardware bf16), at about a quarter of the speed: preset={preset} "
+        "names a cheaper network that fits the time budget better here"
+    )
 
 
 def register_resolvers() -> None:
@@ -92,7 +135,6 @@ def register_resolvers() -> None:
         "num_workers": default_num_workers,
         "auto_precision": auto_precision,
         "auto_channels_last": auto_channels_last,
-        "if_float32_cpu": if_float32_cpu,
     }
     for name, function in resolvers.items():
         if not OmegaConf.has_resolver(name):

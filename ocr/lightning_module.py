@@ -7,17 +7,56 @@ import inspect
 from typing import Any, Callable, Iterator, Sequence
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ocr.data.dataset import OPTIONAL_TARGET_KEYS, TARGET_KEYS, group_by_padded_size
+from ocr.geometry import round_to_multiple
 from ocr.metrics.detection import DetectionEvaluator
 from ocr.models.dbnet import DBNet
 from ocr.models.loss import DBLoss
-from ocr.postprocess import DBPostProcessor, Detections
+from ocr.models.postprocess import DBPostProcessor, Detections
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def probability_maps(prob_logits: torch.Tensor) -> np.ndarray:
+    """(N, H, W) float32 probabilities on the CPU from (N, 1, H, W) probability logits."""
+    return torch.sigmoid(prob_logits.float()).squeeze(1).cpu().numpy()
+
+
+def decode_probabilities(
+    postprocess: DBPostProcessor, probabilities: np.ndarray, batch: dict[str, Any], index: Sequence[int] | None = None
+) -> list[Detections]:
+    """Post-process (N, H, W) probability maps into polygons in original pixels: row k belongs to
+    the batch's image ``index[k]`` (by default, to image k), cut to its valid (unpadded) size.
+    Shared by the LightningModule and :class:`ocr.detector.Detector` (ONNX Runtime gives
+    probabilities)."""
+    detections = []
+    for row, i in enumerate(range(len(probabilities)) if index is None else index):
+        width, height = batch["valid_size"][i]
+        detections.append(
+            postprocess(
+                probabilities[row, :height, :width],
+                scale=batch["scale"][i],
+                raw_size=batch["raw_size"][i],
+                orientation=batch["orientation"][i],
+            )
+        )
+    return detections
+
+
+def size_groups(batch: dict[str, Any]) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """The batch's images cut back to their own padded size, those of one size stacked together.
+
+    The network then sees every image exactly as in a batch of one: the zeros that pad an image
+    up to a larger neighbour would otherwise reach its right and bottom edges through the
+    receptive field, and what it predicts would depend on the batch it came in (validation,
+    test, predict, ``benchmarks/accuracy.py`` and :class:`ocr.detector.Detector` would disagree)."""
+    for (height, width), index in group_by_padded_size(batch["valid_size"]):
+        yield index, batch["image"][index, :, :height, :width]
 
 
 def prediction_rows(batch: dict[str, Any], detections: Sequence[Detections]) -> list[dict[str, Any]]:
@@ -82,7 +121,7 @@ class DBNetModule(L.LightningModule):
                 logits = outputs["prob_logits"]
             else:
                 # sides stay multiples of 32 for the FPN
-                size = (max(32, round(height * scale / 32) * 32), max(32, round(width * scale / 32) * 32))
+                size = (round_to_multiple(height * scale), round_to_multiple(width * scale))
                 scaled = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
                 logits = self(scaled, with_threshold=False)["prob_logits"].float()
                 logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
@@ -92,29 +131,11 @@ class DBNetModule(L.LightningModule):
     def decode(self, prob_logits: torch.Tensor, batch: dict[str, Any], index: Sequence[int] | None = None) -> list[Detections]:
         """Post-process probability logits into polygons in original pixels: row k belongs to the
         batch's image ``index[k]`` (by default, to image k)."""
-        probabilities = torch.sigmoid(prob_logits.float()).squeeze(1).cpu().numpy()
-        detections = []
-        for row, i in enumerate(range(len(probabilities)) if index is None else index):
-            width, height = batch["valid_size"][i]
-            detections.append(
-                self.postprocess(
-                    probabilities[row, :height, :width],
-                    scale=batch["scale"][i],
-                    raw_size=batch["raw_size"][i],
-                    orientation=batch["orientation"][i],
-                )
-            )
-        return detections
+        return decode_probabilities(self.postprocess, probability_maps(prob_logits), batch, index)
 
     def size_groups(self, batch: dict[str, Any]) -> Iterator[tuple[list[int], torch.Tensor]]:
-        """The batch's images cut back to their own padded size, those of one size stacked together.
-
-        The network then sees every image exactly as in a batch of one: the zeros that pad an image
-        up to a larger neighbour would otherwise reach its right and bottom edges through the
-        receptive field, and what it predicts would depend on the batch it came in (validation,
-        test, predict and ``benchmarks/accuracy.py`` would disagree)."""
-        for (height, width), index in group_by_padded_size(batch["valid_size"]):
-            yield index, batch["image"][index, :, :height, :width]
+        """:func:`size_groups`: the batch's images by their own padded size."""
+        return size_groups(batch)
 
     # -- steps --------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

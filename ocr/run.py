@@ -1,4 +1,5 @@
-"""What the runners do: build everything from the Hydra config, then fit / test / predict."""
+"""The four jobs of the runners (train, test, rescore, predict): each builds its parts from the
+Hydra config (:mod:`ocr.factory`), runs them with Lightning and writes its outputs."""
 
 from __future__ import annotations
 
@@ -7,19 +8,29 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import lightning as L
-import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import Logger
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
-from torch import nn
+from omegaconf import DictConfig, OmegaConf
 
 from ocr.budget import TimeBudget
+from ocr.callbacks import PredictionCollector
+from ocr.checkpoints import adopt_architecture, load_checkpoint_into, read_checkpoint, with_current_targets
+from ocr.config import float32_cpu_suggestion, hardware_note
 from ocr.data.datamodule import ReceiptDataModule
-from ocr.lightning_module import DBNetModule
-from ocr.models.dbnet import DBNet
-from ocr.submission import write_predictions_json, write_submission_csv
+from ocr.factory import (
+    build_callbacks,
+    build_datamodule,
+    build_loggers,
+    build_model,
+    build_module,
+    build_tracking_callbacks,
+    build_trainer,
+)
+from ocr.pretrained import fetch_missing_files
+from ocr.submission import check_writable
+from ocr.submission import write_submission as write_submission_files
 from ocr.tracking.artifacts import (
     fetch_model_artifact,
     is_artifact_reference,
@@ -27,220 +38,13 @@ from ocr.tracking.artifacts import (
     model_reference,
     use_local_checkpoint,
 )
-from ocr.tracking.callbacks import (
-    CheckpointRunInfo,
-    PredictionCollector,
-    ThroughputMonitor,
-    WandbBestSummary,
-    WandbEvaluationMedia,
-    WandbRunSetup,
-)
 from ocr.tracking.wandb_setup import active_run, finish_wandb
+from ocr.validation import validate_settings
+
+__all__ = ["build_datamodule", "build_model", "build_module", "predict", "rescore", "test", "train"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# Parts of the config that define the network's weights: a checkpoint carries them so test
-# and predict rebuild the same architecture whatever the command line says.
-ARCHITECTURE_KEYS = ("network", "encoder", "decoder", "head")
-# How a checkpoint was validated while it trained: test, predict and the benchmarks infer the same
-# way (a receipt checkpoint trained at long side 1600 is not scored at the default 640) unless the
-# command line names the setting. A preset alone does not count: `checkpoint_path=` is enough.
-INFERENCE_KEYS = ("image_size", "datasets.eval_resize", "models.postprocess", "lightning_module.tta_scales")
-# a setting that follows another one: `image_size=...` on the command line sizes evaluation too
-FOLLOWS = {"datasets.eval_resize.image_size": "image_size"}
-_ABSENT = object()
-
-
-def build_model(models_cfg: DictConfig) -> nn.Module:
-    """``models.network``, a whole detector (e.g. ``ocr.models.ppocr.PPOCRDetector``), when set;
-    otherwise a DBNet from ``models.encoder``/``decoder``/``head``."""
-    if models_cfg.get("network") is not None:
-        return instantiate(models_cfg.network)
-    encoder = instantiate(models_cfg.encoder)
-    return DBNet(encoder, instantiate(models_cfg.decoder), instantiate(models_cfg.head))
-
-
-def build_module(cfg: DictConfig) -> DBNetModule:
-    # instantiate() would turn dataclass arguments into configs: build a partial, then call it
-    module = instantiate(cfg.lightning_module, _partial_=True)(
-        model=build_model(cfg.models),
-        loss=instantiate(cfg.models.loss),
-        postprocess=instantiate(cfg.models.postprocess),
-        optimizer=instantiate(cfg.models.optimizer),
-        scheduler=instantiate(cfg.models.scheduler) if cfg.models.get("scheduler") else None,
-        evaluator=instantiate(cfg.metrics),
-    )
-    # set after instantiate(): the config's own _target_ entries must not be instantiated
-    module.run_config = OmegaConf.to_container(cfg, resolve=True)
-    return module
-
-
-def build_datamodule(cfg: DictConfig) -> ReceiptDataModule:
-    return instantiate(cfg.datasets, _recursive_=True, _convert_="all")
-
-
-def build_loggers(cfg: DictConfig, job_type: str) -> list[Logger]:
-    """W&B (``wandb=true``; configs/logger/wandb.yaml) or a local CSV logger."""
-    output_dir = Path(cfg.output_dir)
-    if cfg.get("wandb"):
-        from ocr.tracking.wandb_setup import build_wandb_logger
-
-        options = OmegaConf.to_container(cfg.logger.wandb, resolve=True)
-        return [build_wandb_logger(options, job_type, save_dir=options.get("save_dir") or output_dir)]
-    version = job_type
-    if job_type == "train" and cfg.get("resume"):
-        # CSVLogger deletes the metrics.csv it finds: a resumed run writes beside the first part's
-        resumed = 1
-        while (output_dir / "logs" / f"train-resumed-{resumed}").exists():
-            resumed += 1
-        version = f"train-resumed-{resumed}"
-    return [CSVLogger(save_dir=str(output_dir), name="logs", version=version)]
-
-
-def tracking_callbacks(cfg: DictConfig, job_type: str, job: dict[str, Any] | None = None) -> list[Callback]:
-    """Throughput / gradient norm and run info in checkpoints (training, any logger); with
-    ``wandb=true`` also config + system info, best/summary and validation/test media."""
-    callbacks: list[Callback] = [ThroughputMonitor(), CheckpointRunInfo()] if job_type == "train" else []
-    if not cfg.get("wandb"):
-        return callbacks
-    options = OmegaConf.to_container(cfg.logger.wandb, resolve=True)
-    callbacks.append(WandbRunSetup(job={"job_type": job_type, **(job or {})}, watch=options.get("watch") or {}))
-    if job_type == "train":
-        callbacks.append(WandbBestSummary(monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode))
-    media = options.get("media") or {}
-    if job_type in ("train", "test", "rescore"):
-        callbacks.append(
-            WandbEvaluationMedia(
-                num_images=media.get("num_images", 8),
-                max_side=media.get("max_side", 1024),
-                table=media.get("table", True),
-                test_prefix=str((job or {}).get("split", "test")),
-            )
-        )
-    return callbacks
-
-
-def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Logger]) -> L.Trainer:
-    options = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
-    return L.Trainer(callbacks=callbacks, logger=loggers, default_root_dir=cfg.output_dir, **options)
-
-
-def load_checkpoint_into(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read ``cfg.checkpoint_path``; put its architecture into ``cfg.models`` (the weights
-    only fit the network they were trained with) and its inference settings (``INFERENCE_KEYS``)
-    into ``cfg`` except those named in ``overrides`` (by default the Hydra command line), and
-    return the checkpoint."""
-    checkpoint = read_checkpoint(cfg.checkpoint_path)
-    run_config = checkpoint.get("ocr_config") or {}
-    adopt_architecture(cfg, run_config)
-    adopt_inference_settings(cfg, run_config, command_line_keys(overrides))
-    return checkpoint
-
-
-def read_checkpoint(path: str | Path, what: str = "checkpoint", mmap: bool = False) -> dict[str, Any]:
-    """Load a checkpoint onto the CPU, or raise FileNotFoundError naming the file and ``what`` it was
-    for. ``mmap``: tensors stay on disk until touched (for reading only its config)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found")
-    return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
-
-
-def adopt_architecture(cfg: DictConfig, run_config: dict[str, Any]) -> None:
-    """Put the checkpoint's network (``ARCHITECTURE_KEYS`` of its resolved ``run_config``) into
-    ``cfg.models``: its weights fit only that network, whatever this machine's config resolves to
-    (``preset=sroie`` builds a narrower ResNet18 on float32 CPUs)."""
-    stored = run_config.get("models", {})
-    if stored and "network" not in stored:  # saved before models.network existed: a DBNet
-        stored = {**stored, "network": None}
-    for key in ARCHITECTURE_KEYS:
-        if key in stored:
-            current = cfg.models.get(key)
-            if (OmegaConf.to_container(current, resolve=True) if isinstance(current, DictConfig) else current) != stored[key]:
-                log.info("Using the checkpoint's models.%s settings: %s", key, stored[key])
-            with open_dict(cfg.models):
-                cfg.models[key] = stored[key]
-
-
-def command_line_keys(overrides: list[str] | None = None) -> set[str]:
-    """The config keys set by ``overrides`` (``key=value``, ``+key=value``...); by default
-    the command line of the running Hydra app, none outside one."""
-    if overrides is None:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    return {override.split("=", 1)[0].lstrip("+~") for override in overrides}
-
-
-def _leaves(value: Any, prefix: str) -> list[tuple[str, Any]]:
-    if isinstance(value, dict):
-        return [leaf for key, item in value.items() for leaf in _leaves(item, f"{prefix}.{key}")]
-    return [(prefix, value)]
-
-
-def _nested(tree: dict[str, Any], key: str) -> Any:
-    for part in key.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return _ABSENT
-        tree = tree[part]
-    return tree
-
-
-def adopt_inference_settings(cfg: DictConfig, run_config: dict[str, Any], named: set[str]) -> dict[str, Any]:
-    """Put the checkpoint's ``INFERENCE_KEYS`` (from its resolved ``run_config``) into ``cfg``,
-    leaf by leaf, except the leaves ``named`` (or under a named key) on the command line;
-    returns what changed."""
-
-    def is_named(leaf: str) -> bool:
-        keys = [leaf, FOLLOWS.get(leaf, leaf)]
-        return any(k == name or k.startswith(name + ".") for k in keys for name in named)
-
-    changed = {}
-    for key in INFERENCE_KEYS:
-        for leaf, value in _leaves(_nested(run_config, key), key):
-            if value is _ABSENT or is_named(leaf):
-                continue
-            current = OmegaConf.select(cfg, leaf, default=_ABSENT)
-            if current is _ABSENT:  # a setting this version no longer has
-                continue
-            if isinstance(current, (DictConfig, ListConfig)):
-                current = OmegaConf.to_container(current, resolve=True)
-            if current != value:
-                OmegaConf.update(cfg, leaf, value, merge=False)
-                changed[leaf] = value
-    if changed:
-        log.info(
-            "Inferring as the checkpoint was validated (name a setting on the command line to change it): %s",
-            ", ".join(f"{k}={v}" for k, v in changed.items()),
-        )
-    return changed
-
-
-def _checkpoint_callbacks(cfg: DictConfig) -> list[ModelCheckpoint]:
-    """The best checkpoint by ``checkpoint.monitor`` (first: the test and predict after fit take
-    its ``best_model_path``) and, with ``checkpoint.save_last``, ``last.ckpt``: the state at the
-    end of the latest epoch, to resume from.
-
-    ``last.ckpt`` has its own callback because Lightning (>= 2.6) writes ``save_last``'s copy only
-    when a top-k checkpoint is written: with ``save_top_k: 1`` it is the best epoch again, and
-    ``resume=`` from it would silently repeat every epoch since.
-    """
-    directory = Path(cfg.output_dir) / "checkpoints"
-    best = ModelCheckpoint(
-        dirpath=directory,
-        # no "=" or "/" in names: easier to pass on the command line
-        filename="epoch{epoch:03d}-hmean{val/hmean:.4f}",
-        auto_insert_metric_name=False,
-        monitor=cfg.checkpoint.monitor,
-        mode=cfg.checkpoint.mode,
-        save_top_k=cfg.checkpoint.save_top_k,
-    )
-    if not cfg.checkpoint.save_last:
-        return [best]
-    # no monitor, one kept: every epoch overwrites it
-    latest = ModelCheckpoint(dirpath=directory, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
-    return [best, latest]
 
 
 def save_resolved_config(cfg: DictConfig, name: str) -> Path:
@@ -263,84 +67,38 @@ def _with_loggers(cfg: DictConfig, job_type: str, work: Callable[[list[Logger]],
         finish_wandb(loggers, exit_code=status)
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    L.seed_everything(cfg.seed, workers=True)
-    if cfg.get("resume"):
-        # the run goes on with the network it started with, even on another kind of machine;
-        # mmap: only the config is read here, Lightning reads the weights and optimizer state
-        checkpoint = read_checkpoint(cfg.resume, "checkpoint to resume from", mmap=True)
-        adopt_architecture(cfg, checkpoint.get("ocr_config") or {})
-    save_resolved_config(cfg, "config.yaml")
-    return _with_loggers(cfg, "train", lambda loggers: _train(cfg, loggers))
+def submission_folder(cfg: DictConfig) -> Path:
+    return Path(cfg.output_dir) / "submissions"
 
 
-def _train(cfg: DictConfig, loggers: list[Logger]) -> dict[str, float]:
-    datamodule = build_datamodule(cfg)
-    module = build_module(cfg)
-    checkpoint_callbacks = _checkpoint_callbacks(cfg)
-    checkpoint_callback = checkpoint_callbacks[0]
-    callbacks: list[Callback] = [*checkpoint_callbacks, LearningRateMonitor(logging_interval="step"), RichProgressBar()]
-    if cfg.get("weight_averaging"):
-        callbacks.append(instantiate(cfg.weight_averaging))
-    collector = PredictionCollector()
-    callbacks.append(collector)
-    # when the submission is of the test images, the test pass's detections make it: one pass, not two
-    submission_from_test = bool(cfg.get("test_after_fit")) and datamodule.split_paths("predict") == datamodule.split_paths("test")
-    budget = cfg.get("time_budget") or {}
-    if budget.get("minutes"):
-        # the evaluation passes of the best checkpoint after fit run in the same budget
-        after_fit = int(bool(cfg.get("test_after_fit"))) + int(bool(cfg.get("predict_after_fit")) and not submission_from_test)
-        callbacks.append(TimeBudget(budget.minutes, after_fit, budget.calibration_steps))
-    callbacks += tracking_callbacks(cfg, "train")
-    trainer = build_trainer(cfg, callbacks, loggers)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume"))
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-
-    best = checkpoint_callback.best_model_path or None
-    if trainer.fast_dev_run:
-        best = None  # fast_dev_run saves no checkpoint: evaluate the weights in memory
-    score = checkpoint_callback.best_model_score
-    log.info("Best checkpoint: %s (%s %s)", best, cfg.checkpoint.monitor, f"{float(score):.4f}" if score is not None else "n/a")
-    tested = False
-    if cfg.get("test_after_fit"):
-        datamodule.setup("test")
-        if datamodule.datasets["test"].annotated:
-            results = trainer.test(module, datamodule=datamodule, ckpt_path=best)
-            metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
-            tested = True
-        else:
-            log.info("Test split has no annotations: skipping scoring")
-    if cfg.get("predict_after_fit"):
-        if tested and submission_from_test:
-            split = "test"
-            log.info("The submission is of the test images: written from the test pass's detections")
-        else:
-            split = "predict"
-            trainer.predict(module, datamodule=datamodule, ckpt_path=best, return_predictions=False)
-        paths = write_submission(cfg, datamodule, collector.rows, partial=_partial_run(cfg, trainer, split), split=split)
-        reference = {"checkpoint_path": str(best) if best else "in-memory weights (fast_dev_run)"}
-        _log_predictions(cfg, loggers, paths, collector.rows, "predict", "predict", reference)
-    return metrics
+def write_submission(
+    cfg: DictConfig,
+    datamodule: ReceiptDataModule,
+    predictions: list[dict],
+    partial: bool = False,
+    split: str = "predict",
+    name: str | None = None,
+) -> dict[str, Path]:
+    """Write the JSON and the validated CSV of ``predictions`` (one row per image, as
+    :class:`PredictionCollector` keeps them) under ``output_dir/submissions`` and return their
+    paths; in a distributed run only the first process writes. ``partial`` (a fast_dev_run or a
+    limited run) skips the every-image-present check, with a warning."""
+    expected = [sample.name for sample in datamodule.datasets[split].samples]
+    if partial:
+        log.warning("Partial prediction run: the submission holds %d of %d images", len(predictions), len(expected))
+        expected = None
+    name = name or cfg.get("submission_name", "submission")
+    folder = submission_folder(cfg)
+    if rank_zero_only.rank != 0:  # every process holds all the rows (merged): one writes them
+        return {"json": folder / f"{name}.json", "csv": folder / f"{name}.csv"}
+    paths = write_submission_files(folder, name, predictions, expected_images=expected)
+    log.info("Wrote %d predictions: %s and %s", len(predictions), paths["json"], paths["csv"])
+    return paths
 
 
 def _partial_run(cfg: DictConfig, trainer: L.Trainer, stage: str) -> bool:
     """Whether a test or predict pass saw only some of its images (fast_dev_run, limit_*_batches)."""
     return bool(trainer.fast_dev_run) or cfg.trainer.get(f"limit_{stage}_batches") is not None
-
-
-def _load_for_evaluation(cfg: DictConfig, loggers: list[Logger]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The checkpoint of ``cfg.checkpoint_path`` (a file, or ``wandb:<entity>/<project>/<name>:<alias>``
-    fetched from W&B) with its architecture put into ``cfg.models``, and what the run records
-    about it. With W&B the run is linked to the model artifact it used."""
-    run = active_run(loggers) if cfg.get("wandb") else None
-    artifact = None
-    if is_artifact_reference(cfg.checkpoint_path):
-        path, artifact = fetch_model_artifact(str(cfg.checkpoint_path), run, Path(cfg.output_dir) / "artifacts")
-        cfg.checkpoint_path = str(path)
-    checkpoint = load_checkpoint_into(cfg)
-    if run is not None and artifact is None:
-        artifact = use_local_checkpoint(run, cfg.checkpoint_path, checkpoint)
-    return checkpoint, model_reference(cfg.checkpoint_path, checkpoint, artifact)
 
 
 def _log_predictions(
@@ -353,6 +111,7 @@ def _log_predictions(
     reference: dict[str, Any],
     metrics: dict[str, float] | None = None,
 ) -> None:
+    """With W&B: the submission files as a ``predictions-<run id>`` artifact, with what made them."""
     if not cfg.get("wandb"):
         return
     metadata = {
@@ -361,30 +120,151 @@ def _log_predictions(
         "num_polygons": sum(len(p["polygons"]) for p in predictions),
         "postprocess": OmegaConf.to_container(cfg.models.postprocess, resolve=True),
         "image_size": cfg.image_size,
-        "backbone": cfg.models.encoder.model_name,
+        "backbone": cfg.models.encoder.get("model_name"),
         **reference,
         **(metrics or {}),
     }
     log_predictions_artifact(active_run(loggers), paths, metadata, kind)
 
 
+# -- train ------------------------------------------------------------------------------------------
+def train(cfg: DictConfig) -> dict[str, float]:
+    validate_settings(cfg, "train")
+    L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("resume"):
+        # the run goes on with the network it started with; mmap: only the config is read here,
+        # Lightning reads the weights and optimizer state
+        checkpoint = read_checkpoint(cfg.resume, "checkpoint to resume from (resume=)", mmap=True)
+        adopt_architecture(cfg, with_current_targets(checkpoint.get("ocr_config") or {}))
+        continue_wandb_run(cfg, checkpoint)
+    fetch_missing_files(cfg)  # pretrained files the network reads (fetch_if_missing)
+    log.info("Hardware: %s", hardware_note(cfg))
+    suggestion = float32_cpu_suggestion(cfg)
+    if suggestion:
+        log.warning("%s", suggestion)
+    save_resolved_config(cfg, "config.yaml")
+    if cfg.get("predict_after_fit"):
+        check_writable(submission_folder(cfg))
+    return _with_loggers(cfg, "train", lambda loggers: _train(cfg, loggers))
+
+
+def continue_wandb_run(cfg: DictConfig, checkpoint: dict[str, Any]) -> None:
+    """With ``wandb=true``, a resumed fit logs into the W&B run that wrote the checkpoint (its id is
+    stored in the checkpoint), unless ``logger.wandb.id`` names another."""
+    source = (checkpoint.get("tracking") or {}).get("wandb") or {}
+    if not cfg.get("wandb") or not source.get("run_id"):
+        return
+    if cfg.logger.wandb.get("id"):
+        if cfg.logger.wandb.id != source["run_id"]:
+            log.info("W&B: logging into run %s (logger.wandb.id), not the checkpoint's %s", cfg.logger.wandb.id, source["run_id"])
+        return
+    cfg.logger.wandb.id = source["run_id"]
+    log.info("W&B: resuming run %s, which wrote %s", source.get("run_path") or source["run_id"], cfg.resume)
+
+
+def _best_checkpoint_callback(callbacks: list[Callback]) -> ModelCheckpoint | None:
+    """The checkpoint callback with a monitor: its best checkpoint is tested and predicted after fit."""
+    return next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
+
+
+def _train(cfg: DictConfig, loggers: list[Logger]) -> dict[str, float]:
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg)
+    callbacks = build_callbacks(cfg)
+    checkpoint_callback = _best_checkpoint_callback(callbacks)
+    collector = PredictionCollector()
+    callbacks.append(collector)
+    # when the submission is of the test images, the test pass's detections make it: one pass, not two
+    submission_from_test = bool(cfg.get("test_after_fit")) and datamodule.split_paths("predict") == datamodule.split_paths("test")
+    budget = cfg.get("time_budget") or {}
+    if budget.get("minutes"):
+        # the evaluation passes of the best checkpoint after fit run in the same budget
+        after_fit = int(bool(cfg.get("test_after_fit"))) + int(bool(cfg.get("predict_after_fit")) and not submission_from_test)
+        callbacks.append(TimeBudget(budget.minutes, after_fit, budget.calibration_steps))
+    callbacks += build_tracking_callbacks(cfg, "train")
+    trainer = build_trainer(cfg, callbacks, loggers)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+    best = checkpoint_callback.best_model_path or None if checkpoint_callback else None
+    if trainer.fast_dev_run:
+        best = None  # fast_dev_run saves no checkpoint: evaluate the weights in memory
+    score = checkpoint_callback.best_model_score if checkpoint_callback else None
+    log.info("Best checkpoint: %s (%s %s)", best, cfg.checkpoint.monitor, f"{float(score):.4f}" if score is not None else "n/a")
+    tested = False
+    if cfg.get("test_after_fit"):
+        datamodule.setup("test")
+        if datamodule.datasets["test"].annotated:
+            results = trainer.test(module, datamodule=datamodule, ckpt_path=best)
+            metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
+            tested = True
+        else:
+            log.info("Test split has no annotations: skipping scoring")
+    if cfg.get("predict_after_fit"):
+        if tested and submission_from_test:
+            # predict covers every image of the folder, test only those its annotation lists
+            datamodule.setup("predict")
+            names = {sample.name for sample in datamodule.datasets["predict"].samples}
+            submission_from_test = names == {sample.name for sample in datamodule.datasets["test"].samples}
+        if tested and submission_from_test:
+            split = "test"
+            log.info("The submission is of the test images: written from the test pass's detections")
+        else:
+            split = "predict"
+            trainer.predict(module, datamodule=datamodule, ckpt_path=best, return_predictions=False)
+        paths = write_submission(cfg, datamodule, collector.rows, partial=_partial_run(cfg, trainer, split), split=split)
+        reference = {"checkpoint_path": str(best) if best else "in-memory weights (fast_dev_run)"}
+        _log_predictions(cfg, loggers, paths, collector.rows, "predict", "predict", reference)
+    return metrics
+
+
+# -- test, rescore, predict -------------------------------------------------------------------------
+def _load_for_evaluation(cfg: DictConfig, loggers: list[Logger]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checkpoint of ``cfg.checkpoint_path`` (a file, or ``wandb:<entity>/<project>/<name>:<alias>``
+    fetched from W&B) with its architecture put into ``cfg.models``, and what the run records
+    about it. With W&B the run is linked to the model artifact it used."""
+    run = active_run(loggers) if cfg.get("wandb") else None
+    artifact = None
+    if is_artifact_reference(cfg.checkpoint_path):
+        path, artifact = fetch_model_artifact(str(cfg.checkpoint_path), run, Path(cfg.output_dir) / "artifacts")
+        cfg.checkpoint_path = str(path)
+    checkpoint = load_checkpoint_into(cfg)
+    fetch_missing_files(cfg)  # the checkpoint's network may read a pretrained file (its structure)
+    if run is not None and artifact is None:
+        artifact = use_local_checkpoint(run, cfg.checkpoint_path, checkpoint)
+    return checkpoint, model_reference(cfg.checkpoint_path, checkpoint, artifact)
+
+
+def _evaluation_parts(
+    cfg: DictConfig, loggers: list[Logger], job_type: str, job: dict[str, Any]
+) -> tuple[Any, PredictionCollector, L.Trainer]:
+    """The module with the checkpoint's weights, a prediction collector and the trainer of an
+    evaluation job (callbacks from configs/callbacks/eval.yaml)."""
+    checkpoint, reference = job["checkpoint"], job["reference"]
+    module = build_module(cfg)
+    module.load_state_dict(checkpoint["state_dict"])
+    collector = PredictionCollector()
+    callbacks = [*build_callbacks(cfg), collector, *build_tracking_callbacks(cfg, job_type, {**job.get("info", {}), **reference})]
+    return module, collector, build_trainer(cfg, callbacks, loggers)
+
+
 def test(cfg: DictConfig, split: str = "test", job_type: str = "test") -> dict[str, float]:
     """Score a checkpoint on ``split`` (the test split; ``rescore`` uses val). With W&B: its own
     run (job_type ``test``), linked to the model artifact, predictions uploaded as an artifact."""
+    validate_settings(cfg, job_type)
     return _with_loggers(cfg, job_type, lambda loggers: _test(cfg, loggers, split, job_type))
 
 
 def _test(cfg: DictConfig, loggers: list[Logger], split: str, job_type: str) -> dict[str, float]:
     checkpoint, reference = _load_for_evaluation(cfg, loggers)
+    if cfg.get("save_predictions", True):
+        check_writable(submission_folder(cfg))
     datamodule = build_datamodule(cfg)
     if split != "test":  # score another split through the test path
         datamodule.prepare_data()
         datamodule.datasets["test"] = datamodule.make_dataset(split)
-    module = build_module(cfg)
-    module.load_state_dict(checkpoint["state_dict"])
-    collector = PredictionCollector()
-    callbacks = [RichProgressBar(), collector, *tracking_callbacks(cfg, job_type, {"split": split, **reference})]
-    trainer = build_trainer(cfg, callbacks, loggers)
+    job = {"checkpoint": checkpoint, "reference": reference, "info": {"split": split}}
+    module, collector, trainer = _evaluation_parts(cfg, loggers, job_type, job)
     datamodule.setup("test")
     if not datamodule.datasets["test"].annotated:
         image_dir, annotation_path = datamodule.split_paths(split)
@@ -411,45 +291,67 @@ def rescore(cfg: DictConfig) -> dict[str, float]:
 
 
 def predict(cfg: DictConfig) -> dict[str, Path]:
+    validate_settings(cfg, "predict")
     return _with_loggers(cfg, "predict", lambda loggers: _predict(cfg, loggers))
 
 
 def _predict(cfg: DictConfig, loggers: list[Logger]) -> dict[str, Path]:
     checkpoint, reference = _load_for_evaluation(cfg, loggers)
+    check_writable(submission_folder(cfg))
     datamodule = build_datamodule(cfg)
-    module = build_module(cfg)
-    module.load_state_dict(checkpoint["state_dict"])
-    collector = PredictionCollector()
-    callbacks = [RichProgressBar(), collector, *tracking_callbacks(cfg, "predict", reference)]
-    trainer = build_trainer(cfg, callbacks, loggers)
+    module, collector, trainer = _evaluation_parts(cfg, loggers, "predict", {"checkpoint": checkpoint, "reference": reference})
     trainer.predict(module, datamodule=datamodule, return_predictions=False)
     paths = write_submission(cfg, datamodule, collector.rows, partial=_partial_run(cfg, trainer, "predict"))
     _log_predictions(cfg, loggers, paths, collector.rows, "predict", "predict", reference)
+    if rank_zero_only.rank == 0:
+        paths.update(_error_analysis(cfg, datamodule.datasets["predict"].samples, collector.rows))
     return paths
 
 
-def write_submission(
-    cfg: DictConfig,
-    datamodule: ReceiptDataModule,
-    predictions: list[dict],
-    partial: bool = False,
-    split: str = "predict",
-    name: str | None = None,
-) -> dict[str, Path]:
-    """Write the JSON and the validated CSV of ``predictions`` (one row per image, as
-    :class:`PredictionCollector` keeps them) and return their paths; in a distributed run only
-    the first process writes. ``partial`` (a fast_dev_run or a limited run) skips the
-    every-image-present check, with a warning."""
-    expected = [sample.name for sample in datamodule.datasets[split].samples]
-    if partial:
-        log.warning("Partial prediction run: the submission holds %d of %d images", len(predictions), len(expected))
-        expected = None
-    folder = Path(cfg.output_dir) / "submissions"
-    name = name or cfg.get("submission_name", "submission")
-    paths = {"json": folder / f"{name}.json", "csv": folder / f"{name}.csv"}
-    if rank_zero_only.rank != 0:  # every process holds all the rows (merged): one writes them
-        return paths
-    write_predictions_json(paths["json"], predictions)
-    write_submission_csv(paths["csv"], predictions, expected_images=expected)
-    log.info("Wrote %d predictions: %s and %s", len(predictions), paths["json"], paths["csv"])
-    return paths
+def _error_analysis(cfg: DictConfig, samples: list, rows: list[dict]) -> dict[str, Path]:
+    """Local error analysis of a predict run: with annotations, ``per_image.csv`` (scores and error
+    counts per image, worst first) and the ``render_worst`` worst pages drawn under
+    ``renders/worst/``; with ``render=true``, every page drawn under ``renders/``."""
+    from rich.progress import track
+
+    from ocr.metrics.errors import match_errors
+    from ocr.render import draw_detections, per_image_csv_text
+    from ocr.submission import write_files_atomically
+
+    output_dir = Path(cfg.output_dir)
+    by_name = {sample.name: sample for sample in samples}
+    found = {row["name"]: row["polygons"] for row in rows if row["name"] in by_name}
+    annotated = [name for name in found if by_name[name].annotated]
+    written: dict[str, Path] = {}
+    errors: dict[str, Any] = {}
+    ranked: list[dict] = []
+    if annotated:
+        evaluator = instantiate(cfg.metrics)
+        for name in annotated:
+            sample = by_name[name]
+            evaluator.update(name, sample.polygons, found[name], sample.ignore, sample.texts)
+            errors[name] = match_errors(sample.polygons, found[name], sample.ignore, iou_threshold=evaluator.iou_threshold)
+        ranked = evaluator.per_image()  # worst first
+        written["per_image"] = output_dir / "per_image.csv"
+        write_files_atomically({written["per_image"]: per_image_csv_text(ranked)})
+        log.info("Per-image scores (worst first): %s", written["per_image"])
+    max_side = int(cfg.get("render_max_side") or 0)
+
+    def render(name: str, target: Path) -> None:
+        sample = by_name[name]
+        picture = draw_detections(sample.image_path, sample.polygons, sample.ignore, found[name], max_side, errors.get(name))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        picture.save(target)
+
+    if cfg.get("render"):
+        for name in track(sorted(found), description="Rendering", transient=True):
+            render(name, output_dir / "renders" / f"{Path(name).stem}.png")
+        written["renders"] = output_dir / "renders"
+        log.info("Drew %d pages under %s", len(found), written["renders"])
+    worst = int(cfg.get("render_worst") or 0)
+    if ranked and worst > 0:
+        for rank, row in enumerate(ranked[:worst], start=1):
+            render(row["image_id"], output_dir / "renders" / "worst" / f"{rank:03d}_{Path(row['image_id']).stem}.png")
+        written["worst"] = output_dir / "renders" / "worst"
+        log.info("Drew the %d worst pages under %s", min(worst, len(ranked)), written["worst"])
+    return written

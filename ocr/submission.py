@@ -2,13 +2,17 @@
 
 CSV rows hold one image each; a polygon is its integer coordinates joined by spaces
 (``x1 y1 x2 y2 ...``) and polygons are joined by ``|``. The CSV is validated before it is
-written so a broken submission is never produced.
+written so a broken submission is never produced, and the JSON and CSV are written as one pair
+(both or neither) so a failed write leaves the previous pair intact.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -74,24 +78,6 @@ def build_rows(predictions: Sequence[dict]) -> tuple[dict[str, str], dict[str, t
     return rows, sizes
 
 
-def write_submission_csv(path: str | Path, predictions: Sequence[dict], expected_images: Iterable[str] | None = None) -> Path:
-    rows, sizes = build_rows(predictions)
-    if expected_images is not None:
-        expected = set(expected_images)
-        missing = sorted(expected - set(rows))
-        if missing:
-            raise SubmissionError(f"no prediction for {len(missing)} image(s), e.g. {missing[:3]}")
-    validate_submission(rows, sizes)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["filename", "polygons"])
-        for name in sorted(rows):
-            writer.writerow([name, rows[name]])
-    return path
-
-
 def read_submission_csv(path: str | Path) -> dict[str, list[np.ndarray]]:
     with Path(path).open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
@@ -100,7 +86,25 @@ def read_submission_csv(path: str | Path) -> dict[str, list[np.ndarray]]:
         return {row["filename"]: parse_polygons(row["polygons"] or "") for row in reader}
 
 
-def write_predictions_json(path: str | Path, predictions: Sequence[dict]) -> Path:
+def submission_csv_text(predictions: Sequence[dict], expected_images: Iterable[str] | None = None) -> str:
+    """The CSV of ``predictions``, validated: every expected image present, every polygon inside
+    its image; raises SubmissionError naming the image otherwise."""
+    rows, sizes = build_rows(predictions)
+    if expected_images is not None:
+        missing = sorted(set(expected_images) - set(rows))
+        if missing:
+            raise SubmissionError(f"no prediction for {len(missing)} image(s), e.g. {missing[:3]}")
+    validate_submission(rows, sizes)
+    handle = io.StringIO(newline="")
+    writer = csv.writer(handle)
+    writer.writerow(["filename", "polygons"])
+    for name in sorted(rows):
+        writer.writerow([name, rows[name]])
+    return handle.getvalue()
+
+
+def predictions_json_text(predictions: Sequence[dict]) -> str:
+    """The UFO-style JSON of ``predictions`` (integer points inside each image)."""
     images = {}
     for prediction in predictions:
         width, height = prediction["raw_size"]
@@ -110,7 +114,70 @@ def write_predictions_json(path: str | Path, predictions: Sequence[dict]) -> Pat
             if len(points) >= 4:
                 words[f"{len(words) + 1:04d}"] = {"points": points.tolist()}
         images[prediction["name"]] = {"img_w": width, "img_h": height, "words": words}
+    return json.dumps({"images": images}, ensure_ascii=False)
+
+
+def check_writable(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and check a file can be written there, before any long pass;
+    raises OSError naming the folder otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise OSError(f"{folder}: the output folder is not writable ({error.strerror or error})") from error
+    return folder
+
+
+def write_files_atomically(contents: dict[Path, str]) -> None:
+    """Write every file of ``contents`` ({path: text}) or none: each goes to a temporary file
+    beside its target first, and the targets are replaced only once all are complete, so a failure
+    (disk full, read-only folder, a path that is a folder) leaves the previous files as they were."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path in contents:
+            if path.is_dir():  # found now, not after the first file was replaced
+                raise IsADirectoryError(21, "a folder stands at the file's path", str(path))
+        for path, text in contents.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            staged.append((Path(temporary), path))
+            with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())
+        for temporary, path in staged:
+            os.replace(temporary, path)
+    except OSError as error:
+        raise OSError(f"could not write {', '.join(str(p) for p in contents)}: {error}; the previous files are unchanged") from error
+    finally:
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)
+
+
+def write_submission_csv(path: str | Path, predictions: Sequence[dict], expected_images: Iterable[str] | None = None) -> Path:
+    """Write the validated CSV of ``predictions`` at ``path`` (atomically)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"images": images}, ensure_ascii=False), encoding="utf-8")
+    write_files_atomically({path: submission_csv_text(predictions, expected_images)})
     return path
+
+
+def write_predictions_json(path: str | Path, predictions: Sequence[dict]) -> Path:
+    """Write the UFO-style JSON of ``predictions`` at ``path`` (atomically)."""
+    path = Path(path)
+    write_files_atomically({path: predictions_json_text(predictions)})
+    return path
+
+
+def write_submission(
+    folder: str | Path, name: str, predictions: Sequence[dict], expected_images: Iterable[str] | None = None
+) -> dict[str, Path]:
+    """Write ``<folder>/<name>.json`` and the validated ``<folder>/<name>.csv`` as one pair: both,
+    or neither (the previous pair stays intact). Returns their paths."""
+    folder = Path(folder)
+    paths = {"json": folder / f"{name}.json", "csv": folder / f"{name}.csv"}
+    # both texts are built (and the CSV validated) before anything touches the disk
+    contents = {paths["json"]: predictions_json_text(predictions), paths["csv"]: submission_csv_text(predictions, expected_images)}
+    write_files_atomically(contents)
+    return paths

@@ -1,18 +1,9 @@
 """Command-line entry: `python runners/train.py [overrides]` (Hydra; configs/train.yaml)."""
 
-import os
-import sys
+import hydra
+from omegaconf import DictConfig
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-import ocr  # noqa: E402,F401  (applies the torchvision import workaround first)
-from ocr import run  # noqa: E402
-from ocr.config import register_resolvers  # noqa: E402
-
-register_resolvers()
+from ocr import run
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")

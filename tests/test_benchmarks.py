@@ -6,7 +6,7 @@ import pytest
 
 from benchmarks import score_predictions
 from ocr.submission import write_submission_csv
-from tests.helpers import rect, write_split
+from ocr.testing import rect, write_split
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import torch
 
 from ocr.budget import TimeBudget, plan_epochs, validations_between
 from ocr.submission import read_submission_csv
-from tests.test_runners import run_runner, tiny  # noqa: F401  (fixture)
+from ocr.testing import run_runner
 
 
 def test_validations_count_the_cadence_and_the_last_epoch():
@@ -33,7 +33,8 @@ def test_budget_must_be_positive():
         TimeBudget(0)
 
 
-def test_a_fit_over_its_budget_trains_fewer_epochs_validates_the_last_and_stretches_the_schedule(tiny):  # noqa: F811
+@pytest.mark.slow
+def test_a_fit_over_its_budget_trains_fewer_epochs_validates_the_last_and_stretches_the_schedule(tiny):
     root, common = tiny
     out = root / "budget"
     # 4 epochs of 2 steps, validated every 3rd; a budget far too small for them: one epoch is planned

@@ -4,33 +4,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from ocr.config import register_resolvers
+from ocr.config import CONFIG_DIR, compose_config
 from ocr.data.transforms import PolygonAugment
-from ocr.run import build_datamodule, build_model, build_module
-from tests.helpers import rect, write_tiny_backbone_detector_onnx, write_tiny_detector_onnx
+from ocr.factory import build_datamodule, build_model, build_module
+from ocr.testing import rect
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 PRESETS = sorted(p.stem for p in Path(CONFIG_DIR, "preset").glob("*.yaml"))
-
-register_resolvers()
-
-
-def compose_config(name="train", overrides=()):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides), return_hydra_config=False)
-
-
-@pytest.fixture(scope="module")
-def tiny_detector_onnx(tmp_path_factory):
-    return write_tiny_detector_onnx(tmp_path_factory.mktemp("onnx") / "detector.onnx")
-
-
-@pytest.fixture(scope="module")
-def tiny_backbone_onnx(tmp_path_factory):
-    return write_tiny_backbone_detector_onnx(tmp_path_factory.mktemp("onnx") / "backbone.onnx")[0]
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -103,7 +84,7 @@ def test_optimizer_is_partial_and_scheduler_gets_total_steps():
 def test_checkpoint_inference_settings_apply_unless_named_on_the_command_line(tmp_path):
     from omegaconf import OmegaConf
 
-    from ocr.run import load_checkpoint_into
+    from ocr.checkpoints import load_checkpoint_into
 
     trained = compose_config(
         "train",
@@ -166,7 +147,7 @@ def test_receipt_preset_trains_on_single_digits_that_dbnet_defaults_ignore():
 def test_a_checkpoint_from_before_models_network_rebuilds_its_dbnet(tmp_path):
     from omegaconf import OmegaConf
 
-    from ocr.run import load_checkpoint_into
+    from ocr.checkpoints import load_checkpoint_into
 
     trained = compose_config("train", ["models.encoder.model_name=resnet34"])
     models = OmegaConf.to_container(trained.models, resolve=True)
@@ -181,20 +162,18 @@ def test_a_checkpoint_from_before_models_network_rebuilds_its_dbnet(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("cuda", "cuda_bf16", "cpu_flags", "precision", "channels_last", "recipe_channels", "recipe_fpn", "recipe_val_every"),
+    ("cuda", "cuda_bf16", "cpu_flags", "precision", "channels_last", "suggests_fp32cpu"),
     [
-        # emulated bf16 is ~10x slower than float32, and float32 steps ~4x slower than native bf16:
-        # the CPU recipe's network is cheaper there (half-width ResNet18, FPN 64) and validates less often
-        (False, False, "fpu sse2 avx2 fma", "32-true", False, [32, 64, 128, 256], 64, 8),
-        (False, False, "fpu avx2 avx512f avx512_bf16", "bf16-mixed", True, [64, 128, 256, 512], 128, 4),
-        (False, False, "fpu avx2 avx512f amx_tile amx_bf16", "bf16-mixed", True, [64, 128, 256, 512], 128, 4),
-        (True, True, "fpu avx2", "bf16-mixed", True, [64, 128, 256, 512], 128, 4),
-        (True, False, "fpu avx2", "16-mixed", True, [64, 128, 256, 512], 128, 4),
+        # emulated bf16 is ~10x slower than float32: float32 there, and the cheaper preset suggested
+        (False, False, "fpu sse2 avx2 fma", "32-true", False, True),
+        (False, False, "fpu avx2 avx512f avx512_bf16", "bf16-mixed", True, False),
+        (False, False, "fpu avx2 avx512f amx_tile amx_bf16", "bf16-mixed", True, False),
+        (True, True, "fpu avx2", "bf16-mixed", True, False),
+        (True, False, "fpu avx2", "16-mixed", True, False),
     ],
 )
-def test_precision_memory_format_and_recipe_width_follow_the_hardware(
-    monkeypatch, tmp_path, cuda, cuda_bf16, cpu_flags, precision, channels_last, recipe_channels, recipe_fpn,
-    recipe_val_every,
+def test_hardware_changes_numerics_only_and_the_log_suggests_the_cheaper_preset(
+    monkeypatch, tmp_path, cuda, cuda_bf16, cpu_flags, precision, channels_last, suggests_fp32cpu
 ):
     import ocr.config
 
@@ -205,18 +184,27 @@ def test_precision_memory_format_and_recipe_width_follow_the_hardware(
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: cuda_bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
     ocr.config.cpu_has_native_bf16.cache_clear()
     try:
         cfg = compose_config("train", ["preset=example"])
         assert cfg.trainer.precision == precision
         assert cfg.lightning_module.channels_last is channels_last
-        assert build_model(cfg.models).encoder.channels == [64, 128, 256, 512]  # the example preset's ResNet18 everywhere
+        assert f"precision {precision}" in ocr.config.hardware_note(cfg)
+        # the same network on every machine: each preset names one
+        assert build_model(cfg.models).encoder.channels == [64, 128, 256, 512]
         recipe_cfg = compose_config("train", ["preset=sroie"])
         recipe = build_model(recipe_cfg.models)
-        assert recipe.encoder.channels == recipe_channels
-        assert recipe.decoder.out_channels == recipe_fpn
-        assert recipe_cfg.trainer.check_val_every_n_epoch == recipe_val_every
-        # the GPU recipe's ResNet50 keeps its own widths and cadence on every machine
+        assert recipe.encoder.channels == [64, 128, 256, 512] and recipe.decoder.out_channels == 128
+        assert recipe_cfg.trainer.check_val_every_n_epoch == 4
+        cheaper = compose_config("train", ["preset=sroie_fp32cpu"])
+        cheap = build_model(cheaper.models)
+        assert cheap.encoder.channels == [32, 64, 128, 256] and cheap.decoder.out_channels == 64
+        assert cheaper.trainer.check_val_every_n_epoch == 8
+        suggestion = ocr.config.float32_cpu_suggestion(recipe_cfg)
+        assert (suggestion is not None and "preset=sroie_fp32cpu" in suggestion) is suggests_fp32cpu
+        assert ocr.config.float32_cpu_suggestion(cheaper) is None  # already the cheaper one
+        assert ocr.config.float32_cpu_suggestion(cfg) is None  # the example names none
         gpu = compose_config("train", ["preset=sroie_gpu", "models.encoder.pretrained=false"])
         gpu_model = build_model(gpu.models)
         assert gpu_model.encoder.channels == [256, 512, 1024, 2048] and gpu_model.decoder.out_channels == 256
@@ -235,7 +223,7 @@ def test_encoder_settings_left_null_are_the_models_defaults_and_unknown_ones_are
 
 
 def test_only_the_cpu_recipe_has_a_time_budget():
-    # the recipe's command must end within 100 minutes whatever the CPU (README, ocr/budget.py)
+    # the recipe's command must end within 100 minutes whatever the CPU (ocr/budget.py)
     for preset in ("sroie", "sroie_ppocr_backbone"):
         assert compose_config("train", [f"preset={preset}"]).time_budget.minutes == 95
     for preset in ("example", "sroie_gpu", "sroie_ppocr"):

@@ -9,9 +9,9 @@ from PIL import Image
 
 from ocr.data.annotations import AnnotationError, load_samples
 from ocr.data.dataset import ImageReadError, ReceiptDataset, collate_receipts
-from ocr.data.geometry import EXIF_ORIENTATION_TAG, exif_to_upright, upright_to_exif
 from ocr.data.transforms import PolygonAugment, RandomRescale, ResizeForEval, TextAwareRandomCrop
-from tests.helpers import rect, write_split
+from ocr.geometry import EXIF_ORIENTATION_TAG, exif_to_upright, upright_to_exif
+from ocr.testing import rect, write_split
 
 
 # -- annotations and bad input --------------------------------------------------------
@@ -28,7 +28,8 @@ def test_missing_image_names_the_file(tmp_path):
     (image_dir / "a.jpg").unlink()
     with pytest.raises(AnnotationError, match=r"a\.jpg.*not found"):
         load_samples(image_dir, json_path)
-    assert load_samples(image_dir, json_path, missing_image="skip") == []
+    assert load_samples(image_dir, json_path, bad_image="skip") == []
+    assert load_samples(image_dir, json_path, missing_image="skip") == []  # the option's former name
 
 
 def test_malformed_json_names_the_file(tmp_path):
@@ -57,11 +58,11 @@ def test_invalid_polygon_is_a_logged_skip_or_an_error(tmp_path, caplog, points, 
 
 
 def test_unreadable_image_names_the_file(tmp_path):
+    """Found when the split is built (every image's header is read), not in a DataLoader worker."""
     image_dir, json_path = write_split(tmp_path, "train", {"a.jpg": {"words": {}}})
     (image_dir / "a.jpg").write_bytes(b"not a jpeg")
-    dataset = ReceiptDataset(image_dir, json_path, resize=ResizeForEval(128))
     with pytest.raises(ImageReadError, match=r"a\.jpg: cannot read image"):
-        dataset[0]
+        ReceiptDataset(image_dir, json_path, resize=ResizeForEval(128))
 
 
 def test_unannotated_split_lists_images(tmp_path):

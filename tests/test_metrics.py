@@ -109,6 +109,21 @@ def test_dont_care_neither_helps_nor_hurts():
     assert cleval_image_scores(gts, with_dc_det, gt_texts=["abc", "###"]) == pytest.approx(ca)
 
 
+def test_dont_care_flags_from_texts_and_explicit_flags():
+    from ocr.data.annotations import DONT_CARE
+    from ocr.metrics import dont_care_flags
+
+    assert dont_care_flags(3).tolist() == [False, False, False]
+    assert dont_care_flags(3, [False, True, False]).tolist() == [False, True, False]
+    assert dont_care_flags(3, gt_texts=["TOTAL", DONT_CARE, None]).tolist() == [False, True, False]
+    # Either source marks a word; "#" * 3 from a pseudo count is the same string, so it counts too.
+    assert dont_care_flags(3, [True, False, False], ["a", DONT_CARE, "##"]).tolist() == [True, True, False]
+    with pytest.raises(ValueError, match="don't-care flags"):
+        dont_care_flags(2, [True])
+    with pytest.raises(ValueError, match="GT texts"):
+        dont_care_flags(2, gt_texts=["a"])
+
+
 def test_iou_dont_care_overlap_is_strict():
     gts, ignore = [box(0, 0, 100, 20)], [True]
     half_on = box(50, 0, 100, 20)  # exactly half of the detection lies on the don't-care GT
@@ -149,6 +164,32 @@ def test_cleval_false_positive_costs_one_character():
     s = cleval_image_scores([box(0, 0, 100, 20)], [box(0, 0, 100, 20), box(0, 50, 100, 20)])
     assert s["recall"] == pytest.approx(1.0)
     assert s["precision"] == pytest.approx(5 / 6)  # 5 GT characters + 1 for the unmatched box
+
+
+def test_cleval_package_is_patched_on_first_use_not_on_import():
+    import subprocess
+    import sys
+
+    script = """
+import sys
+import ocr  # makes torchvision importable, which cleval needs; imports no metrics
+assert "ocr.metrics" not in sys.modules
+from cleval.box_types import POLY
+original = (POLY.__and__, POLY.is_inside, POLY.pseudo_character_center)
+import ocr.metrics
+from ocr.metrics import cleval_image_scores, cleval_image_scores_reference
+square = [[0, 0], [10, 0], [10, 10], [0, 10]]
+cleval_image_scores([square], [square])  # the fast path leaves the package alone
+assert (POLY.__and__, POLY.is_inside, POLY.pseudo_character_center) == original, "patched too early"
+assert not hasattr(POLY, "scale")
+assert cleval_image_scores_reference([square], [square])["hmean"] == 1.0
+assert POLY.__and__ is not original[0] and POLY.is_inside is not original[1] and POLY.scale is None
+patched = (POLY.__and__, POLY.is_inside, POLY.pseudo_character_center)
+cleval_image_scores_reference([square], [square])
+assert (POLY.__and__, POLY.is_inside, POLY.pseudo_character_center) == patched, "patched twice"
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
 
 
 def test_pseudo_char_count_matches_baseline_formula():

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from shapely.geometry import Polygon
 
-from ocr.data.geometry import exif_to_upright
 from ocr.data.targets import make_db_targets
-from ocr.postprocess import DBPostProcessor
+from ocr.geometry import exif_to_upright
+from ocr.models.postprocess import DBPostProcessor
 
 
 def rect(x0, y0, x1, y1):
@@ -109,7 +109,7 @@ def test_vectorised_rectangle_area_and_length_match_opencv_bit_for_bit():
     # cv2.contourArea / cv2.arcLength could move pyclipper's rounded output
     import cv2
 
-    from ocr.postprocess import rectangle_area_and_length
+    from ocr.models.postprocess import rectangle_area_and_length
 
     rng = np.random.default_rng(0)
     rects = [((rng.uniform(0, 2000), rng.uniform(0, 2000)), (rng.uniform(0.5, 400), rng.uniform(0.5, 60)), rng.uniform(-90, 90)) for _ in range(5000)]

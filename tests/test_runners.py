@@ -11,25 +11,9 @@ import numpy as np
 import pytest
 
 from ocr.submission import read_submission_csv
-from tests.helpers import tiny_run_overrides
+from ocr.testing import ROOT, run_runner
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_runner(script: str, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "runners" / script), *overrides],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
-    )
-    assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    return result
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    return root, tiny_run_overrides(root)
+pytestmark = pytest.mark.slow
 
 
 def test_train_fast_dev_run(tiny):
@@ -118,6 +102,28 @@ def test_test_and_predict_runners_from_a_checkpoint(trained, tiny):
             assert polygon.shape[0] >= 4 and polygon.shape[1] == 2
 
 
+def test_predict_renders_pages_and_ranks_images_worst_first_when_annotated(trained, tiny):
+    from PIL import Image
+
+    root, common = tiny
+    checkpoint = trained / "checkpoints" / "last.ckpt"
+    out = root / "rendered"
+    run_runner("predict.py", f"checkpoint_path={checkpoint}", f"output_dir={out}", "render=true", "render_worst=2",
+               "render_max_side=128", *common)  # fmt: skip
+    with (out / "per_image.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    truth = json.loads((root / "data" / "jsons" / "test.json").read_text())["images"]
+    assert {row["image"] for row in rows} == set(truth)  # the predict split is the annotated test split
+    hmeans = [float(row["hmean"]) for row in rows]
+    assert hmeans == sorted(hmeans)  # worst first
+    assert all(int(row["num_gt"]) == len(truth[row["image"]]["words"]) for row in rows)
+    pages = sorted((out / "renders").glob("*.png"))
+    assert [p.stem for p in pages] == sorted(Path(name).stem for name in truth)
+    assert max(Image.open(pages[0]).size) == 128
+    worst = sorted(p.name for p in (out / "renders" / "worst").glob("*.png"))
+    assert worst == [f"001_{Path(rows[0]['image']).stem}.png", f"002_{Path(rows[1]['image']).stem}.png"]
+
+
 def test_checkpoint_name_with_equals_sign_needs_quoting(trained, tiny):
     root, common = tiny
     source = next((trained / "checkpoints").glob("epoch*.ckpt"))
@@ -202,7 +208,7 @@ def test_weight_averaging_puts_the_averaged_weights_in_the_checkpoint(tiny):
 
 def test_a_whole_network_from_models_network_trains_and_is_rebuilt_from_its_checkpoint(tiny):
     # preset=sroie_ppocr's route (PP-OCR's detector, converted from ONNX), with a stand-in graph
-    from tests.helpers import write_tiny_detector_onnx
+    from ocr.testing import write_tiny_detector_onnx
 
     root, common = tiny
     onnx_path = write_tiny_detector_onnx(root / "tiny_detector.onnx")
@@ -223,7 +229,7 @@ def test_a_whole_network_from_models_network_trains_and_is_rebuilt_from_its_chec
 
 def test_a_pretrained_ppocr_backbone_trains_under_the_dbnet_head_and_is_rebuilt_from_its_checkpoint(tiny):
     # preset=sroie_ppocr_backbone's route (PP-OCR's backbone cut out of its ONNX graph), with a stand-in graph
-    from tests.helpers import write_tiny_backbone_detector_onnx
+    from ocr.testing import write_tiny_backbone_detector_onnx
 
     root, common = tiny
     onnx_path, weights = write_tiny_backbone_detector_onnx(root / "tiny_backbone.onnx")
@@ -248,7 +254,7 @@ def test_a_pretrained_ppocr_backbone_trains_under_the_dbnet_head_and_is_rebuilt_
 def test_accuracy_benchmark_scores_a_configured_network_without_a_checkpoint(tiny, capsys):
     # checkpoint_path=none: preset=sroie_ppocr's pretrained detector zero-shot, here the stand-in
     from benchmarks import accuracy
-    from tests.helpers import write_tiny_detector_onnx
+    from ocr.testing import write_tiny_detector_onnx
 
     root, common = tiny
     data = [f"images={root / 'data' / 'images' / 'test'}", f"annotations={root / 'data' / 'jsons' / 'test.json'}"]

@@ -4,29 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from ocr.config import compose_config
 from ocr.data.dataset import collate_receipts
-from ocr.data.synthetic import render_receipt
-from ocr.data.targets import make_db_targets
-from ocr.data.transforms import ResizeForEval
-from ocr.run import build_module
-from tests.test_configs import compose_config
-
-
-def receipt_item(seed: int, size: int) -> dict:
-    """A synthetic receipt as the dataset gives it: long side ``size``, with its targets."""
-    image, words = render_receipt(seed, degrade=False)
-    polygons = [np.asarray(w["points"], float) for w in words]
-    image, polygons, scale = ResizeForEval(size)(np.asarray(image), polygons)
-    item = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))}
-    item.update({k: torch.from_numpy(v) for k, v in make_db_targets(image.shape[:2], polygons).items()})
-    for key, value in (("name", f"r{seed}"), ("raw_size", (0, 0)), ("orientation", 1), ("scale", scale)):
-        item[key] = value
-    item.update(gt_polygons=polygons, gt_ignore=np.zeros(len(polygons), bool), gt_texts=[None] * len(polygons))
-    return item
-
-
-def two_receipts(size=512):
-    return collate_receipts([receipt_item(seed, size) for seed in (1, 2)])
+from ocr.factory import build_module
+from ocr.testing import receipt_item, two_receipts
 
 
 def test_loss_is_finite_and_falls_when_overfitting_two_receipts():
@@ -203,7 +184,7 @@ def test_encoder_lr_scale_without_an_encoder_says_what_is_missing(tmp_path):
 
     from ocr.lightning_module import DBNetModule
     from ocr.models.loss import DBLoss
-    from ocr.postprocess import DBPostProcessor
+    from ocr.models.postprocess import DBPostProcessor
 
     module = DBNetModule(nn.Conv2d(3, 1, 3), DBLoss(), DBPostProcessor(), optimizer=torch.optim.SGD, encoder_lr_scale=0.1)
     with pytest.raises(ValueError, match="encoder_lr_scale=0.1 needs a network with an encoder"):

@@ -15,8 +15,9 @@ import pytest
 import torch
 import yaml
 
+from ocr.render import GT_COLOUR, PRED_COLOUR, draw_detections
+from ocr.testing import tiny_run_overrides
 from ocr.tracking import artifacts as tracking_artifacts
-from ocr.tracking.callbacks import GT_COLOUR, PRED_COLOUR, draw_detections
 from ocr.tracking.wandb_setup import (
     TrackedWandbLogger,
     build_wandb_logger,
@@ -25,7 +26,6 @@ from ocr.tracking.wandb_setup import (
     finish_wandb,
     scrub_secrets,
 )
-from tests.helpers import tiny_run_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "local0000000000000000000000000000000000000000"
@@ -298,3 +298,48 @@ def test_wandb_true_with_wandb_mode_disabled_trains(tiny_data):
     assert not (root / "disabled" / "wandb").exists() or not any((root / "disabled" / "wandb").glob("*run-*"))
     assert "OFFLINE" not in result.stdout + result.stderr
     assert not data_dir.exists() or not any(p.is_file() for p in data_dir.rglob("*"))  # no checkpoint staged
+
+
+def test_a_failed_or_interrupted_fit_still_uploads_its_checkpoints(monkeypatch, tmp_path):
+    # Lightning calls finalize("failed") on an exception or Ctrl-C; its WandbLogger uploads nothing then
+    from ocr.tracking.wandb_setup import TrackedWandbLogger
+
+    logger = TrackedWandbLogger(project="p", save_dir=str(tmp_path), mode="offline", log_model=True)
+    scanned = []
+    monkeypatch.setattr(TrackedWandbLogger, "_scan_and_log_checkpoints", lambda self, callback: scanned.append(callback))
+    logger._experiment = object()
+    logger._checkpoint_callbacks = {1: "best", 2: "last"}
+    logger.finalize("failed")
+    assert scanned == ["best", "last"]
+
+
+def test_resume_logs_into_the_checkpoints_wandb_run_unless_another_is_named():
+    from ocr.config import compose_config
+    from ocr.run import continue_wandb_run
+
+    checkpoint = {"tracking": {"wandb": {"run_id": "abc123", "run_path": "team/proj/abc123"}}}
+    cfg = compose_config("train", ["wandb=true", "resume=last.ckpt"])
+    continue_wandb_run(cfg, checkpoint)
+    assert cfg.logger.wandb.id == "abc123"
+    named = compose_config("train", ["wandb=true", "resume=last.ckpt", "logger.wandb.id=other"])
+    continue_wandb_run(named, checkpoint)
+    assert named.logger.wandb.id == "other"
+    off = compose_config("train", ["resume=last.ckpt"])
+    continue_wandb_run(off, checkpoint)
+    assert off.logger.wandb.id is None
+    from ocr.tracking.wandb_setup import wandb_options
+
+    assert wandb_options({"id": "abc123", "project": "p"})["resume"] == "allow"
+    assert "resume" not in wandb_options({"project": "p"})
+
+
+def test_best_values_and_training_time_carry_over_a_resume():
+    from ocr.tracking.callbacks import WandbBestSummary
+
+    first = WandbBestSummary(monitor="val/iou_hmean")
+    first.best["val/hmean"][1], first.best["val/iou_hmean"][1], first.best_epoch = 0.9, 0.8, 3
+    first._trained_before = 100.0
+    resumed = WandbBestSummary(monitor="val/iou_hmean")
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.best == {"val/hmean": ["max", 0.9], "val/iou_hmean": ["max", 0.8]} and resumed.best_epoch == 3
+    assert resumed.training_time() == 100.0

@@ -36,11 +36,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ocr.testing import tiny_run_overrides
 from ocr.tracking.callbacks import TABLE_COLUMNS
-from tests.helpers import tiny_run_overrides
 
 pytestmark = [
     pytest.mark.wandb_server,
+    pytest.mark.slow,
     pytest.mark.skipif(importlib.util.find_spec("openwandb") is None, reason="openwandb (test-only W&B server) not installed"),
 ]
 
@@ -55,6 +56,31 @@ TRAIN_METRICS = (
     "val/recall", "val/precision", "val/hmean", "val/iou_hmean",
     "best/val_hmean", "test/hmean", "test/recall", "test/precision",
 )  # fmt: skip
+
+
+# openwandb answers W&B's resume query (RunResumeStatus) with a history length of 0, so a resumed
+# run would restart at step 0 over its own rows; W&B's server reports the length and the last row.
+# The test server is openwandb with that answer filled in from its own metrics table.
+SERVE_WITH_RESUME_STATUS = """
+import json, sys
+from openwandb import graphql_schema as schema
+from openwandb import database as db
+from openwandb.cli import main
+
+plain = schema._run_to_type
+
+def with_history(run):
+    typed = plain(run)
+    steps = [row["step"] for row in db.get_metrics(run["run_id"], limit=10**9)]
+    if steps:
+        typed.history_line_count = max(steps) + 1
+        typed.history_tail = json.dumps([json.dumps({"_step": max(steps)})])
+    return typed
+
+schema._run_to_type = with_history
+sys.argv[0] = "openwandb"
+main()
+"""
 
 
 def free_port() -> int:
@@ -76,10 +102,11 @@ def server(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     log_file = (data_dir / "server.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "openwandb", "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir),
-         "--log-level", "warning"],
+        [sys.executable, "-c", SERVE_WITH_RESUME_STATUS, "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--data-dir", str(data_dir), "--log-level", "warning"],
         stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env={**os.environ, "OPENWANDB_DATA_DIR": str(data_dir)},
+        # openwandb reads these when first imported, before its command line (SERVE_WITH_RESUME_STATUS imports it first)
+        env={**os.environ, "OPENWANDB_DATA_DIR": str(data_dir), "OPENWANDB_HOST": "127.0.0.1", "OPENWANDB_PORT": str(port)},
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
@@ -411,3 +438,65 @@ def test_postprocess_sweep_runs_two_trials_through_the_wandb_agent(server, works
             assert config["models"]["postprocess"][key] == trial[f"models.postprocess.{key}"], key
         for key in ("val/hmean", "val/recall", "val/precision", "val/iou_hmean"):
             assert key in run["summary"], key  # the sweep's metric, per trial
+
+
+KILLER = '''
+import os
+import signal
+
+from lightning.pytorch.callbacks import Callback
+
+
+class KillAtStep(Callback):
+    """SIGKILL of the training process itself after global step ``step`` (no clean-up runs)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step >= self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def test_a_run_killed_mid_epoch_resumes_into_the_same_wandb_run(server, workspace, tmp_path):
+    """kill -9 in the middle of the second epoch, resume= from last.ckpt: one run on the server, the
+    resumed part's history after whatever the killed part uploaded (no two rows at one step), and
+    best/* and the training time carried over. (What the killed process had not uploaded yet stays
+    in its local run folder: `wandb sync` sends it.)"""
+    import torch
+
+    root, common = workspace
+    env = {**base_env(root), "WANDB_BASE_URL": server["url"], "WANDB_API_KEY": KEY}
+    (tmp_path / "killer.py").write_text(KILLER)
+    out = root / "killed"
+    args = [*common, "wandb=true", "exp_name=killed", f"output_dir={out}", "trainer.max_epochs=3", "datasets.batch_size=1",
+            "checkpoint.every_n_train_steps=1", "trainer.log_every_n_steps=1", "test_after_fit=false",
+            "predict_after_fit=false"]  # fmt: skip
+    killed = subprocess.run(
+        [sys.executable, str(ROOT / "runners" / "train.py"), *args, "+callbacks.killer={_target_: killer.KillAtStep, step: 6}"],
+        cwd=ROOT, env={**env, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    last = out / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["epoch"] == 1 and state["global_step"] == 5  # 4 steps an epoch: killed inside the second
+    run_id = state["tracking"]["wandb"]["run_id"]
+    best_before = next(v for k, v in state["callbacks"].items() if "WandbBestSummary" in k)
+    assert best_before["best"]["val/hmean"][1] is not None and best_before["training_time"] > 0
+
+    resumed = run_script("train.py", [*args, f"resume={last}"], env)
+    assert f"W&B: resuming run default/{PROJECT}/{run_id}" in resumed.stdout + resumed.stderr
+
+    runs = [run for run in get_json(f"{server['url']}/api/v2/projects/{ENTITY}/{PROJECT}/runs")["runs"] if run["display_name"] == "killed"]
+    assert [run["run_id"] for run in runs] == [run_id]  # one run, the checkpoint's
+    metrics = get_json(f"{server['url']}/api/v2/runs/{run_id}/metrics")["metrics_by_key"]
+    for key, rows in metrics.items():  # no history row of the resumed part lands on one of the first part's
+        steps = [row["step"] for row in rows]
+        assert len(steps) == len(set(steps)), f"{key}: rows at the same step {sorted(steps)}"
+    # the resumed part goes on from the checkpoint (global step 5, inside epoch 1) to the end
+    assert max(int(row["value"]) for row in metrics["trainer/global_step"]) == 11
+    assert {int(row["value"]) for row in metrics["epoch"]} >= {1, 2} and len(metrics["val/hmean"]) >= 2
+    summary = get_json(f"{server['url']}/api/v2/runs/{run_id}")["run"]["summary"]
+    assert summary["total_training_time"] > best_before["training_time"]  # both parts counted
+    assert summary["best/val_hmean"] >= best_before["best"]["val/hmean"][1] and "best/epoch" in summary

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from ocr.config import default_num_workers
+from ocr.data.annotations import AnnotationError, require_words, resolve_bad_image
 from ocr.data.dataset import ReceiptDataset, collate_receipts
 from ocr.data.synthetic import build_synthetic_dataset
 from ocr.data.targets import TargetConfig
@@ -21,18 +22,18 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test", "predict")
 
 
-def default_num_workers() -> int:
-    """Half the CPUs (the rest feed the model), at least 1 and at most 8."""
-    return max(1, min(8, (os.cpu_count() or 2) // 2))
-
-
 class ReceiptDataModule(L.LightningDataModule):
     """Split locations, in order of precedence:
 
     1. ``splits.<split>.image_dir`` (+ ``annotation_path``, optional for test/predict);
     2. ``base_path`` in the competition layout: ``images/<split>/`` and ``jsons/<split>.json``
        (predict uses the test split);
-    3. neither: a synthetic receipt set, built once and cached under ``synthetic.root``.
+    3. no location for any split (predict's included): a synthetic receipt set, built once and
+       cached under ``synthetic.root``.
+
+    Predict covers its whole folder: images the annotation does not list are predicted too.
+    ``bad_image`` (``missing_image`` is its former name): ``error`` | ``skip`` a missing or
+    unreadable image; ``invalid_polygon``: ``skip`` (repair or skip, logged) | ``error``.
     """
 
     def __init__(
@@ -47,7 +48,8 @@ class ReceiptDataModule(L.LightningDataModule):
         eval_batch_size: int = 4,
         num_workers: int | None = None,
         invalid_polygon: str = "skip",
-        missing_image: str = "error",
+        bad_image: str = "error",
+        missing_image: str | None = None,
     ):
         super().__init__()
         self.train_augment, self.eval_resize, self.targets = train_augment, eval_resize, targets
@@ -56,13 +58,14 @@ class ReceiptDataModule(L.LightningDataModule):
         self.synthetic = dict(synthetic or {})
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
-        self.invalid_polygon, self.missing_image = invalid_polygon, missing_image
+        self.invalid_polygon, self.bad_image = invalid_polygon, resolve_bad_image(bad_image, missing_image)
         self.datasets: dict[str, ReceiptDataset] = {}
 
     # -- where the data is --------------------------------------------------------------
     @property
     def uses_synthetic(self) -> bool:
-        return not self.base_path and not any(self.splits[s].get("image_dir") for s in ("train", "val", "test"))
+        """No location is set for any split: the synthetic set stands in for all of them."""
+        return not self.base_path and not any(self.splits[s].get("image_dir") for s in SPLITS)
 
     def split_paths(self, split: str) -> tuple[Path, Path | None]:
         explicit = self.splits[split]
@@ -70,17 +73,29 @@ class ReceiptDataModule(L.LightningDataModule):
             annotation = explicit.get("annotation_path")
             return Path(explicit["image_dir"]), Path(annotation) if annotation else None
         if split == "predict":
+            if not self.base_path and not self.uses_synthetic and not self.splits["test"].get("image_dir"):
+                raise ValueError(f"{self._no_location('predict')}; without its own, predict reads the test split's images")
             return self.split_paths("test")
         if self.uses_synthetic:
             root = Path(self.synthetic.get("root", "data/synthetic_receipts"))
             return root / "images" / split, root / "jsons" / f"{split}.json"
         if not self.base_path:
-            raise ValueError(f"no location for the {split!r} split: set datasets.splits.{split}.image_dir or dataset_base_path")
+            raise ValueError(self._no_location(split))
         base = Path(self.base_path)
         annotation = base / "jsons" / f"{split}.json"
         if split in ("train", "val") and not annotation.is_file():
-            raise FileNotFoundError(f"{annotation}: annotation file for the {split!r} split not found (competition layout expected under {base})")
+            layout = f"competition layout expected under {base}"
+            raise FileNotFoundError(f"{annotation}: annotation file for the {split!r} split not found ({layout})")
         return base / "images" / split, annotation if annotation.is_file() else None
+
+    def _no_location(self, split: str) -> str:
+        """Why ``split`` has no location: which setting to give, and why no synthetic set stands in."""
+        given = ", ".join(f"datasets.splits.{s}.image_dir" for s in SPLITS if self.splits[s].get("image_dir"))
+        wanted = f"datasets.splits.{split}.image_dir" + (" (with annotation_path)" if split in ("train", "val") else "")
+        return (
+            f"no location for the {split!r} split: set {wanted} or dataset_base_path "
+            f"(no synthetic set is built once any split has a location; set: {given})"
+        )
 
     def prepare_data(self) -> None:
         if self.uses_synthetic:
@@ -104,14 +119,22 @@ class ReceiptDataModule(L.LightningDataModule):
             resize=None if split == "train" else self.eval_resize,
             targets=self.targets,
             invalid_polygon=self.invalid_polygon,
-            missing_image=self.missing_image,
+            bad_image=self.bad_image,
+            split=split,
+            include_unlisted=split == "predict",
         )
         if len(dataset) == 0:
-            raise ValueError(f"the {split!r} split at {image_dir} has no images")
+            skipped = dataset.report.images_skipped
+            note = f" ({skipped} skipped as missing or unreadable, see the warnings above)" if skipped else ""
+            raise ValueError(f"the {split!r} split at {image_dir} has no images{note}")
+        if split != "predict":
+            require_words(dataset.report)
         if split in ("train", "val") and not dataset.annotated:
             where = annotation_path or image_dir
-            raise ValueError(f"{where}: the {split!r} split has no annotated words; training and validation need ground truth")
-        log.info("%s split: %d images from %s%s", split, len(dataset), image_dir, f" + {annotation_path}" if annotation_path else "")
+            need = "training and validation need ground truth"
+            raise AnnotationError(f"{where}: the {split!r} split has no annotated words; {need}")
+        annotation = f" + {annotation_path}" if annotation_path else ""
+        log.info("%s split: %d images from %s%s", split, len(dataset), image_dir, annotation)
         return dataset
 
     # -- loaders ------------------------------------------------------------------------

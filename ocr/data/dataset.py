@@ -4,40 +4,24 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from ocr.data.annotations import Sample, load_samples
-from ocr.data.geometry import EXIF_ORIENTATION_TAG, exif_to_upright
+from ocr.data.annotations import Sample, SplitReport, load_split, resolve_bad_image
+from ocr.data.images import ImageReadError, read_image
 from ocr.data.targets import TargetConfig, make_db_targets
 from ocr.data.transforms import PolygonAugment, ResizeForEval
+from ocr.geometry import NETWORK_MULTIPLE, ceil_to_multiple, exif_to_upright
+
+__all__ = ["ImageReadError", "ReceiptDataset", "collate_receipts", "group_by_padded_size", "padded_size", "read_image"]
 
 log = logging.getLogger(__name__)
 
 TARGET_KEYS = ("shrink_map", "shrink_mask", "threshold_map", "threshold_mask")
 OPTIONAL_TARGET_KEYS = ("gap_mask",)  # TargetConfig.word_gap_max > 0
-
-
-class ImageReadError(OSError):
-    """An image file that cannot be read; the message names the file."""
-
-
-def read_image(path: Path) -> tuple[np.ndarray, int, tuple[int, int]]:
-    """RGB uint8 array with EXIF orientation applied, the orientation and the stored (w, h)."""
-    try:
-        with Image.open(path) as image:
-            orientation = int(image.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
-            raw_size = image.size
-            upright = ImageOps.exif_transpose(image).convert("RGB")
-            return np.asarray(upright), orientation, raw_size
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ImageReadError(f"{path}: cannot read image ({error})") from None
 
 
 class ReceiptDataset(Dataset):
@@ -46,6 +30,11 @@ class ReceiptDataset(Dataset):
     ``augment`` (training) or ``resize`` (evaluation) brings the image to network size;
     targets are built here so DataLoader workers carry the cost. Each item carries what is
     needed to map predictions back to the stored image frame and to score them.
+
+    The split is checked when it is built (:func:`ocr.data.annotations.load_split`): ``report``
+    says what was repaired or skipped. ``bad_image`` (``missing_image`` is its former name):
+    ``"error"`` or ``"skip"`` for a missing or unreadable image; ``include_unlisted`` (predict)
+    adds the folder's images the annotation does not list.
     """
 
     def __init__(
@@ -56,11 +45,18 @@ class ReceiptDataset(Dataset):
         resize: ResizeForEval | None = None,
         targets: TargetConfig | None = TargetConfig(),
         invalid_polygon: str = "skip",
-        missing_image: str = "error",
+        bad_image: str = "error",
+        *,
+        missing_image: str | None = None,
+        split: str | None = None,
+        include_unlisted: bool = False,
     ):
         if (augment is None) == (resize is None):
             raise ValueError("give exactly one of augment (training) or resize (evaluation)")
-        self.samples: list[Sample] = load_samples(image_dir, annotation_path, invalid_polygon, missing_image)
+        bad_image = resolve_bad_image(bad_image, missing_image)
+        loaded = load_split(image_dir, annotation_path, invalid_polygon, bad_image, split, include_unlisted)
+        self.samples: list[Sample] = loaded.samples
+        self.report: SplitReport = loaded.report
         self.augment, self.resize, self.targets = augment, resize, targets
         self.annotated = bool(self.samples) and all(s.annotated for s in self.samples)
 
@@ -94,12 +90,9 @@ class ReceiptDataset(Dataset):
         return item
 
 
-PAD_MULTIPLE = 32  # the FPN halves the input five times
-
-
-def padded_size(height: int, width: int, multiple: int = PAD_MULTIPLE) -> tuple[int, int]:
+def padded_size(height: int, width: int, multiple: int = NETWORK_MULTIPLE) -> tuple[int, int]:
     """(height, width) rounded up to multiples of ``multiple``."""
-    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+    return ceil_to_multiple(height, multiple), ceil_to_multiple(width, multiple)
 
 
 def group_by_padded_size(valid_size: Sequence[tuple[int, int]]) -> list[tuple[tuple[int, int], list[int]]]:
@@ -111,7 +104,7 @@ def group_by_padded_size(valid_size: Sequence[tuple[int, int]]) -> list[tuple[tu
     return list(groups.items())
 
 
-def collate_receipts(items: Sequence[dict[str, Any]], multiple: int = PAD_MULTIPLE) -> dict[str, Any]:
+def collate_receipts(items: Sequence[dict[str, Any]], multiple: int = NETWORK_MULTIPLE) -> dict[str, Any]:
     """Pad images and maps to the batch's largest size (a multiple of 32) at the bottom/right.
 
     Padding is excluded from the loss (masks are 0 there) and ``valid_size`` tells

@@ -18,11 +18,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from ocr.data.geometry import clip_polygon_to_frame
-
-
-def _round_to_multiple(value: float, multiple: int) -> int:
-    return max(multiple, int(round(value / multiple)) * multiple)
+from ocr.geometry import NETWORK_MULTIPLE, clip_polygon_to_frame, round_to_multiple
 
 
 def resize_scale(width: int, height: int, image_size: int, mode: str = "long_side", long_side_cap: int | None = None) -> float:
@@ -51,11 +47,11 @@ class ResizeForEval:
     image_size: int
     mode: str = "long_side"
     long_side_cap: int | None = None
-    multiple: int = 32
+    multiple: int = NETWORK_MULTIPLE
 
     def target_size(self, width: int, height: int) -> tuple[int, int]:
         scale = resize_scale(width, height, self.image_size, self.mode, self.long_side_cap)
-        return _round_to_multiple(width * scale, self.multiple), _round_to_multiple(height * scale, self.multiple)
+        return round_to_multiple(width * scale, self.multiple), round_to_multiple(height * scale, self.multiple)
 
     def __call__(self, image: np.ndarray, polygons: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray], tuple[float, float]]:
         height, width = image.shape[:2]

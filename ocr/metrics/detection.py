@@ -9,22 +9,13 @@ import numpy as np
 
 from ocr.distributed import merge_across_ranks
 from ocr.metrics.cleval import cleval_image_scores
+from ocr.metrics.common import as_polygons, dont_care_flags
 from ocr.metrics.errors import match_errors
-from ocr.metrics.iou import IoUCounts, as_polygons, pooled_scores
+from ocr.metrics.iou import IoUCounts, pooled_scores
 
-__all__ = ["DetectionEvaluator", "dont_care_flags"]
+__all__ = ["DetectionEvaluator"]
 
 _SCORE_KEYS = ("recall", "precision", "hmean")
-
-
-def dont_care_flags(
-    num_gt: int, gt_ignore: Sequence[bool] | np.ndarray | None = None, gt_texts: Sequence[str | None] | None = None
-) -> np.ndarray:
-    """Don't-care GT: flagged in ``gt_ignore`` or transcribed ``###``."""
-    ignore = np.zeros(num_gt, dtype=bool) if gt_ignore is None else np.asarray(gt_ignore, bool).reshape(-1)
-    if gt_texts is not None:
-        ignore = ignore | np.array([t == "###" for t in gt_texts], dtype=bool)
-    return ignore
 
 
 class DetectionEvaluator:

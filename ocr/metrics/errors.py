@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import shapely
 
-from ocr.metrics.iou import IoUCounts, _as_flags, _intersection_areas, _to_geoms, as_polygons, iou_match
+from ocr.metrics.common import as_polygons, dont_care_flags, intersection_areas, shapely_polygons
+from ocr.metrics.iou import IoUCounts, iou_match
 
 __all__ = ["DET_CLASSES", "GT_CLASSES", "MIN_COVER", "MatchErrors", "match_errors"]
 
@@ -56,7 +57,7 @@ def match_errors(
     """Classify every GT word and detected box of one image (see the module doc)."""
     gts, dets = as_polygons(gt_polys), as_polygons(det_polys)
     counts = iou_match(gts, dets, gt_ignore, iou_threshold=iou_threshold)
-    care_gt = ~_as_flags(gt_ignore, len(gts))
+    care_gt = ~dont_care_flags(len(gts), gt_ignore)
     care_det = np.ones(len(dets), dtype=bool)
     care_det[list(counts.dont_care_det)] = False
     gt_class = np.where(care_gt, "", "dont_care").astype(object)
@@ -64,8 +65,8 @@ def match_errors(
     gt_class[list(counts.matched_gt)] = "matched"
     det_class[list(counts.matched_det)] = "matched"
 
-    gt_geoms, det_geoms = _to_geoms(gts), _to_geoms(dets)
-    inter = _intersection_areas(gt_geoms, det_geoms)
+    gt_geoms, det_geoms = shapely_polygons(gts), shapely_polygons(dets)
+    inter = intersection_areas(gt_geoms, det_geoms)
     with np.errstate(divide="ignore", invalid="ignore"):  # degenerate polygons have no area
         cover = np.nan_to_num(inter / shapely.area(gt_geoms)[:, None])  # share of word i under box j
         inside = np.nan_to_num(inter / shapely.area(det_geoms)[None, :])  # share of box j on word i

@@ -1,7 +1,7 @@
-"""Vectorised CLEval detection scores, equal to the ``cleval==0.1.1`` POLY path of :mod:`ocr.metrics.cleval`.
+"""Vectorised CLEval detection scores, equal to the ``cleval==0.1.1`` POLY path of :mod:`ocr.metrics.cleval_reference`.
 
 :func:`cleval_image_scores_fast` returns the same per-image ``recall / precision / hmean`` as
-:func:`ocr.metrics.cleval.cleval_image_scores_reference` (``cleval.eval_functions.evaluation`` on
+:func:`ocr.metrics.cleval_reference.cleval_image_scores_reference` (``cleval.eval_functions.evaluation`` on
 patched POLY boxes), bit for bit on the test set in ``tests/test_metrics_fast.py``. It follows
 ``evaluation`` step by step, replacing the per-pair Python loops with array operations:
 
@@ -31,13 +31,13 @@ patched POLY boxes), bit for bit on the test set in ``tests/test_metrics_fast.py
 
 GT polygons with fewer than 3 points (POLY pads them oddly) go to the reference path.
 
-Known difference: the package computes ``gt & det`` for every pair, and GEOS can raise on pairs
-whose value is never used (seen: a don't-care GT reduced to a GeometryCollection against a
-zero-area detection, whose NaN bounds defeat the bounding-box shortcut). The reference then raises
-``GEOSException``; this path skips that pair and returns the scores. No score difference was
-found: the 54 test images, and a fuzz of ~2,800 evaluations of receipt-like and random
-(self-intersecting, 3-12 point, heavily overlapping) images with and without text lengths, all
-gave identical floats.
+Known difference: the package computes ``gt & det`` for every pair whose bounding boxes are not
+disjoint (:func:`ocr.geometry.bounds_overlap`; an empty geometry's NaN bounds are disjoint from
+everything), this path only where the value is used. Should GEOS raise on a pair whose value is
+never used (a don't-care GT reduced to a GeometryCollection can make it), the reference raises
+``GEOSException`` and this path returns the scores. No score difference was found: the 54 test
+images, and a fuzz of ~2,800 evaluations of receipt-like and random (self-intersecting, 3-12
+point, heavily overlapping) images with and without text lengths, all gave identical floats.
 
 Measured on the 2-core CPU machine (Python 3.11, numpy 2.4, shapely 2.2 / GEOS 3.14), 10 receipt-like
 pages of exactly 100 GT words x 100 detections (jittered / merged / split / missed / false
@@ -53,8 +53,9 @@ import cv2
 import numpy as np
 import shapely
 
-from ocr.metrics.cleval import _OPTIONS, _dont_care, pseudo_char_count
-from ocr.metrics.iou import as_polygons
+from ocr.geometry import bounds_overlap
+from ocr.metrics.cleval_reference import CLEVAL_OPTIONS, cleval_image_scores_reference, pseudo_char_count
+from ocr.metrics.common import as_polygons, dont_care_flags
 
 __all__ = ["cleval_image_scores_fast"]
 
@@ -129,16 +130,6 @@ def _fp_chars(points: np.ndarray) -> int:
     return min(round(0.5 + 1 / (1e-5 + aspect_ratio)), 10)
 
 
-def _bbox_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Dense (len(a), len(b)) mask of bounding boxes that are not disjoint (NaN bounds: False)."""
-    return (
-        (a[:, None, 0] <= b[None, :, 2])
-        & (b[None, :, 0] <= a[:, None, 2])
-        & (a[:, None, 1] <= b[None, :, 3])
-        & (b[None, :, 1] <= a[:, None, 3])
-    )
-
-
 def cleval_image_scores_fast(
     gt_polys: Sequence[np.ndarray] | np.ndarray | None,
     det_polys: Sequence[np.ndarray] | np.ndarray | None,
@@ -147,20 +138,18 @@ def cleval_image_scores_fast(
     *,
     use_text_lengths: bool = False,
 ) -> dict[str, float]:
-    """Same arguments and result as :func:`ocr.metrics.cleval.cleval_image_scores_reference`."""
+    """Same arguments and result as :func:`ocr.metrics.cleval_reference.cleval_image_scores_reference`."""
     gts = as_polygons(gt_polys)
     raw_dets = [d for d in as_polygons(det_polys) if len(d) >= 3]
-    dc = _dont_care(len(gts), gt_ignore, gt_texts)
+    dc = dont_care_flags(len(gts), gt_ignore, gt_texts)
     if any(len(g) < 3 for g in gts):
-        from ocr.metrics.cleval import cleval_image_scores_reference
-
         return cleval_image_scores_reference(gts, raw_dets, dc, gt_texts, use_text_lengths=use_text_lengths)
     dets = [_poly_points(d) for d in raw_dets]
     # No detections or no care GT: no true positive character, so the reference gives 0 / 0 / 0.
     if not dets or dc.all():
         return dict(_ZEROS)
 
-    opts = _OPTIONS
+    opts = CLEVAL_OPTIONS
     ap_constraint = opts.AREA_PRECISION_CONSTRAINT
     n_gt, n_det = len(gts), len(dets)
 
@@ -180,12 +169,11 @@ def cleval_image_scores_fast(
     gt_bounds = shapely.bounds(gt_geoms)
     if gt_dc_set:
         care_idx = np.flatnonzero(~dc)
-        near = _bbox_overlap(gt_bounds[dc], gt_bounds[care_idx])
+        near = bounds_overlap(gt_bounds[dc].T[:, :, None], gt_bounds[care_idx].T[:, None])
         for row, dc_idx in enumerate(np.flatnonzero(dc).tolist()):
             poly = gt_geoms[dc_idx]
             for idx in care_idx[near[row]].tolist():  # ascending, like cleval's inner loop
-                a, b = gt_bounds[idx], shapely.bounds(poly)
-                if a[0] > b[2] or b[0] > a[2] or a[1] > b[3] or b[1] > a[3]:
+                if not bounds_overlap(gt_bounds[idx], shapely.bounds(poly)):
                     continue  # patched POLY.__and__: 0 for disjoint boxes
                 if shapely.area(shapely.intersection(gt_geoms[idx], poly)) > 0:
                     poly = shapely.difference(poly, shapely.intersection(poly, gt_geoms[idx]))
@@ -215,9 +203,9 @@ def cleval_image_scores_fast(
     # ------------------------------------------------------------------ calc_area_precision
     need = has_pcc.copy()
     if gt_dc_set:
-        need[dc] |= _bbox_overlap(gt_bounds[dc], det_bounds)
+        need[dc] |= bounds_overlap(gt_bounds[dc].T[:, :, None], det_bounds.T[:, None])
     gi, di = np.nonzero(need)
-    disjoint = ~_bbox_overlap(gt_bounds, det_bounds)[gi, di]
+    disjoint = ~bounds_overlap(gt_bounds[gi].T, det_bounds[di].T)
     inter = shapely.area(shapely.intersection(gt_geoms[gi], det_geoms[di]))
     inter[disjoint] = 0.0
     ap_mat = np.zeros((n_gt, n_det), dtype=np.float32)

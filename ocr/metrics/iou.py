@@ -30,7 +30,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import shapely
 
-__all__ = ["IoUCounts", "as_polygons", "iou_match", "pooled_scores"]
+from ocr.geometry import bounds_overlap
+from ocr.metrics.common import as_polygons, dont_care_flags, intersection_areas, shapely_polygons
+
+__all__ = ["IoUCounts", "iou_match", "pooled_scores"]
 
 
 def _hmean(recall: float, precision: float) -> float:
@@ -80,65 +83,6 @@ def pooled_scores(counts: Iterable[IoUCounts]) -> dict[str, float]:
     return {"recall": recall, "precision": precision, "hmean": _hmean(recall, precision)}
 
 
-def as_polygons(polys: Sequence[np.ndarray] | np.ndarray | None) -> list[np.ndarray]:
-    """Normalise polygons to a list of float64 ``(N, 2)`` arrays."""
-    if polys is None:
-        return []
-    out = []
-    for p in polys:
-        arr = np.asarray(p, dtype=np.float64).reshape(-1, 2)
-        out.append(arr)
-    return out
-
-
-def _as_flags(flags: Sequence[bool] | np.ndarray | None, n: int) -> np.ndarray:
-    if flags is None:
-        return np.zeros(n, dtype=bool)
-    arr = np.asarray(flags, dtype=bool).reshape(-1)
-    if arr.shape[0] != n:
-        raise ValueError(f"expected {n} don't-care flags, got {arr.shape[0]}")
-    return arr
-
-
-def _to_geoms(polys: list[np.ndarray]) -> np.ndarray:
-    """``shapely.Polygon(p)`` per polygon (built in one vectorised call), invalid ones made valid."""
-    arr = np.empty(len(polys), dtype=object)
-    if len(arr) == 0:
-        return arr
-    # Fewer than 3 points cannot enclose area; an empty polygon keeps indices aligned.
-    ok = np.fromiter((len(p) >= 3 for p in polys), dtype=bool, count=len(polys))
-    for k in np.flatnonzero(~ok):
-        arr[k] = shapely.Polygon()
-    if ok.any():
-        sel = [p for p, keep in zip(polys, ok) if keep]
-        counts = np.fromiter((len(p) for p in sel), dtype=np.intp, count=len(sel))
-        # Same rings as shapely.Polygon(p): linearrings closes each ring the same way.
-        rings = shapely.linearrings(np.concatenate(sel), indices=np.repeat(np.arange(len(sel)), counts))
-        arr[ok] = shapely.polygons(rings)
-    invalid = ~shapely.is_valid(arr)
-    if invalid.any():
-        arr[invalid] = shapely.make_valid(arr[invalid])
-    return arr
-
-
-def _intersection_areas(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Dense ``(len(a), len(b))`` intersection areas, computed only where bounding boxes overlap."""
-    inter = np.zeros((len(a), len(b)), dtype=np.float64)
-    if len(a) == 0 or len(b) == 0:
-        return inter
-    ba, bb = shapely.bounds(a), shapely.bounds(b)  # (n, 4): minx, miny, maxx, maxy; NaN if empty
-    overlap = (
-        (ba[:, None, 0] <= bb[None, :, 2])
-        & (bb[None, :, 0] <= ba[:, None, 2])
-        & (ba[:, None, 1] <= bb[None, :, 3])
-        & (bb[None, :, 1] <= ba[:, None, 3])
-    )
-    ii, jj = np.nonzero(overlap)
-    if len(ii):
-        inter[ii, jj] = shapely.area(shapely.intersection(a[ii], b[jj]))
-    return inter
-
-
 def iou_match(
     gt_polys: Sequence[np.ndarray] | np.ndarray | None,
     det_polys: Sequence[np.ndarray] | np.ndarray | None,
@@ -147,14 +91,14 @@ def iou_match(
     dont_care_overlap: float = 0.5,
 ) -> IoUCounts:
     """Match detections to GT one-to-one for one image (ICDAR 2015 rules, see module doc)."""
-    gts = _to_geoms(as_polygons(gt_polys))
-    dets = _to_geoms(as_polygons(det_polys))
-    gt_dc = _as_flags(gt_ignore, len(gts))
+    gts = shapely_polygons(as_polygons(gt_polys))
+    dets = shapely_polygons(as_polygons(det_polys))
+    gt_dc = dont_care_flags(len(gts), gt_ignore)
 
     det_dc = np.zeros(len(dets), dtype=bool)
     if gt_dc.any() and len(dets):
         det_area = shapely.area(dets)
-        inter_dc = _intersection_areas(gts[gt_dc], dets)  # (num_dc_gt, num_det)
+        inter_dc = intersection_areas(gts[gt_dc], dets)  # (num_dc_gt, num_det)
         with np.errstate(divide="ignore", invalid="ignore"):
             frac = np.where(det_area[None, :] > 0, inter_dc / det_area[None, :], 0.0)
         det_dc = (frac > dont_care_overlap).any(axis=0)
@@ -166,12 +110,12 @@ def iou_match(
     if num_gt and num_det:
         gt_area, det_area = shapely.area(gts), shapely.area(dets)
         gb, db = shapely.bounds(gts), shapely.bounds(dets)  # NaN for empty geometries
-        # Bounding-box overlap (w, h >= 0, same test as _intersection_areas) of care pairs only.
-        w = np.minimum(gb[:, None, 2], db[None, :, 2]) - np.maximum(gb[:, None, 0], db[None, :, 0])
-        h = np.minimum(gb[:, None, 3], db[None, :, 3]) - np.maximum(gb[:, None, 1], db[None, :, 1])
         cand = ~gt_dc[:, None] & ~det_dc[None, :]
         if iou_threshold >= 0:  # (a negative threshold also accepts IoU 0, i.e. disjoint pairs)
-            cand &= (w >= 0) & (h >= 0)
+            cand &= bounds_overlap(gb.T[:, :, None], db.T[:, None])
+        # The boxes' overlap (width w, height h) bounds the intersection.
+        w = np.minimum(gb[:, None, 2], db[None, :, 2]) - np.maximum(gb[:, None, 0], db[None, :, 0])
+        h = np.minimum(gb[:, None, 3], db[None, :, 3]) - np.maximum(gb[:, None, 1], db[None, :, 1])
         # Skip pairs whose IoU cannot reach the threshold: the intersection is at most the smaller
         # area and the boxes' overlap. The margin (1e-3, union >= 1 px^2) is far above float error,
         # so skipped pairs are exactly those the full computation would reject.

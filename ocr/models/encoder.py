@@ -6,24 +6,34 @@ import os
 
 import timm
 import torch
-from torch import nn
+
+from ocr.models.batch_norm import FreezableBatchNorm
 
 
 class PretrainedWeightsError(RuntimeError):
     """Pretrained weights could not be fetched; the message says what to do instead."""
 
 
-class TimmEncoder(nn.Module):
+class TimmEncoder(FreezableBatchNorm):
     """Any timm model that supports ``features_only``.
 
     Keeps the (up to) four deepest feature levels with stride >= 4, so ResNets, ConvNeXts,
     MobileNets and EfficientNets all give strides 4, 8, 16, 32. Channels and strides are read
     from timm's ``feature_info``: swapping ``model_name`` needs no other setting.
+    ``freeze_batch_norm`` keeps batch norm on its (pretrained) running statistics in training.
     """
 
-    def __init__(self, model_name: str = "resnet18", pretrained: bool = False, num_levels: int = 4, **timm_kwargs):
+    def __init__(
+        self,
+        model_name: str = "resnet18",
+        pretrained: bool = False,
+        num_levels: int = 4,
+        freeze_batch_norm: bool = False,
+        **timm_kwargs,
+    ):
         super().__init__()
-        # null in a config: the model's own default (a preset can set a ResNet's channels only on some machines)
+        self.freeze_batch_norm = freeze_batch_norm
+        # null in a config: the model's own default (timm_backbone.yaml lists channels: null)
         timm_kwargs = {key: value for key, value in timm_kwargs.items() if value is not None}
         try:
             self.model = timm.create_model(model_name, pretrained=pretrained, features_only=True, **timm_kwargs)
@@ -33,7 +43,7 @@ class TimmEncoder(nn.Module):
             raise TypeError(
                 f"timm model {model_name!r} does not take the models.encoder settings "
                 f"{', '.join(f'{k}={v}' for k, v in timm_kwargs.items())}: {error}. Set them to null for this model "
-                "(preset=sroie gives ResNets half their channels on CPUs that train in float32)."
+                "(e.g. channels, which ResNets take: preset=sroie_fp32cpu halves them)."
             ) from error
         except Exception as error:  # hub/network errors come in many types
             if not pretrained:
@@ -49,6 +59,7 @@ class TimmEncoder(nn.Module):
         self.indices = usable[-num_levels:]
         self.channels = [self.model.feature_info.channels()[i] for i in self.indices]
         self.strides = [reductions[i] for i in self.indices]
+        self.train(self.training)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         features = self.model(images)

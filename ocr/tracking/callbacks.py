@@ -1,15 +1,9 @@
-"""Lightning callbacks for experiment tracking.
+"""Lightning callbacks for Weights & Biases; they act only when a W&B run is active, on rank zero.
 
-Logger-agnostic (they log through ``pl_module.log``, so the CSV logger gets them too):
-:class:`ThroughputMonitor` (``train/grad_norm``, ``train/samples_per_sec``, ``train/epoch_time``),
-:class:`CheckpointRunInfo` (run id and scores stored in each checkpoint).
-
-W&B-specific (they act only when a W&B run is active, on rank zero): :class:`WandbRunSetup`
-(resolved config, system info, parameter count, dataset sizes, ``define_metric``, ``wandb.watch``),
-:class:`WandbBestSummary` (``best/val_hmean``, ``best/epoch``, ``total_training_time``),
-:class:`WandbEvaluationMedia` (images with ground truth and predictions drawn, per-image table).
-:class:`PredictionCollector` keeps the detections of a test or predict run, merged across processes,
-so they can be written and uploaded.
+:class:`WandbRunSetup` (resolved config, system info, parameter count, dataset sizes,
+``define_metric``, ``wandb.watch``), :class:`WandbBestSummary` (``best/val_hmean``, ``best/<monitor>``,
+``best/epoch``, ``total_training_time``), :class:`WandbEvaluationMedia` (images with ground truth
+and predictions drawn, per-image table). Logger-agnostic callbacks are in :mod:`ocr.callbacks`.
 """
 
 from __future__ import annotations
@@ -19,7 +13,6 @@ import logging
 import platform
 import subprocess
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,8 +21,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from ocr.distributed import merge_across_ranks
-from ocr.lightning_module import prediction_rows
+from ocr.callbacks import scalar
+from ocr.render import PER_IMAGE_COLUMNS, draw_detections
 from ocr.tracking.wandb_setup import active_run, find_wandb_logger, scrub_secrets
 
 log = logging.getLogger(__name__)
@@ -41,11 +34,7 @@ VAL_METRICS = (
     "val/loss", "val/loss_prob", "val/loss_thresh", "val/loss_binary",
     "val/recall", "val/precision", "val/hmean", "val/iou_recall", "val/iou_precision", "val/iou_hmean",
 )  # fmt: skip
-TABLE_COLUMNS = (
-    "image", "hmean", "recall", "precision", "iou_hmean", "iou_recall", "iou_precision",
-    "num_gt", "num_det", "num_matched_iou", "num_merged", "num_split", "num_missed", "num_loose", "num_background",
-)  # fmt: skip
-GT_COLOUR, IGNORED_COLOUR, PRED_COLOUR = (0, 200, 0), (150, 150, 150), (230, 0, 0)
+TABLE_COLUMNS = PER_IMAGE_COLUMNS  # the per-image table: the same columns as predict's per_image.csv
 
 
 # -- system information ---------------------------------------------------------------------------
@@ -100,14 +89,6 @@ def dataset_sizes(trainer: L.Trainer) -> dict[str, int]:
     return {split: len(dataset) for split, dataset in datasets.items()}
 
 
-def _scalar(value: Any) -> float | None:
-    if isinstance(value, torch.Tensor):
-        return float(value.detach().cpu()) if value.numel() == 1 else None
-    if isinstance(value, (int, float, np.floating, np.integer)):
-        return float(value)
-    return None
-
-
 def _never_fail(what: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """W&B extras must not stop training: a failure is logged as a warning."""
 
@@ -130,110 +111,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.floating):
         return float(value)
     return value
-
-
-# -- logger-agnostic ------------------------------------------------------------------------------
-class ThroughputMonitor(Callback):
-    """``train/grad_norm`` (total 2-norm of the gradients before clipping, unscaled under AMP),
-    ``train/samples_per_sec`` (all processes, data loading included, averaged over the last
-    ``log_every_n_steps`` steps) and ``train/epoch_time`` (seconds of a training epoch, its
-    validation excluded)."""
-
-    def __init__(self, window: int | None = None) -> None:
-        self.window = window
-        self._steps: deque[tuple[int, float]] = deque()
-        self._last: float | None = None
-        self._epoch_start: float | None = None
-        self._epoch_time: float | None = None
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_start = self._last = time.perf_counter()
-        self._epoch_time = None
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        now = time.perf_counter()
-        if self._last is not None:
-            size = int(batch["image"].shape[0]) if isinstance(batch, dict) and "image" in batch else 0
-            self._steps.append((size * trainer.world_size, now - self._last))
-            window = self.window or max(1, trainer.log_every_n_steps)
-            while len(self._steps) > window:
-                self._steps.popleft()
-            seconds = sum(s for _, s in self._steps)
-            if seconds > 0:
-                pl_module.log("train/samples_per_sec", sum(n for n, _ in self._steps) / seconds, on_step=True, on_epoch=False)
-        self._last = now
-
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        if grads:
-            norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
-            pl_module.log("train/grad_norm", norm, on_step=True, on_epoch=False)
-
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # validation inside fit runs at the end of the training epoch: stop the clock there
-        in_fit = trainer.state.fn == "fit" and not trainer.sanity_checking
-        if in_fit and self._epoch_start is not None and self._epoch_time is None:
-            self._epoch_time = time.perf_counter() - self._epoch_start
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._epoch_start is None:
-            return
-        seconds = self._epoch_time if self._epoch_time is not None else time.perf_counter() - self._epoch_start
-        pl_module.log("train/epoch_time", seconds, on_step=False, on_epoch=True)
-
-
-class CheckpointRunInfo(Callback):
-    """Store in every checkpoint the scores it was saved with and the W&B run that wrote it
-    (``checkpoint["tracking"]``): model artifacts take their metadata from it, and test/predict use
-    it to link a local checkpoint to the run and artifact it came from."""
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        info: dict[str, Any] = {"metrics": {k: v for k, v in metrics.items() if v is not None}, "wandb": None}
-        logger = find_wandb_logger(trainer.loggers)
-        run = logger._experiment if logger is not None and not getattr(logger, "is_disabled", False) else None
-        if run is not None and getattr(run, "id", None):
-            info["wandb"] = {
-                "run_id": run.id,
-                "project": run.project,
-                "entity": run.entity or None,
-                "run_path": "/".join(p for p in (run.entity, run.project, run.id) if p),
-                "artifact": logger._checkpoint_name or f"model-{run.id}",
-                "offline": bool(getattr(run.settings, "_offline", False)),
-            }
-        checkpoint["tracking"] = info
-
-
-class PredictionCollector(Callback):
-    """The detections of a test or predict run, one row per image as :func:`ocr.run.write_submission`
-    writes them. At the end of the run the rows of all processes are merged, while the process
-    group is still up, so that every process holds every image (each saw only its shard)."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-
-    def _start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.rows = []
-
-    def _merge(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.rows = sorted(merge_across_ranks(self.rows, "name"), key=lambda row: row["name"])
-
-    on_test_epoch_start = on_predict_epoch_start = _start
-    on_test_epoch_end = on_predict_epoch_end = _merge
-
-    def on_test_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        if outputs:  # the module's Detections
-            self.rows += prediction_rows(batch, outputs)
-
-    def on_predict_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        if outputs:  # predict_step's rows
-            self.rows += outputs
 
 
 # -- W&B ------------------------------------------------------------------------------------------
@@ -299,15 +176,40 @@ def define_metrics(run: Any) -> None:
     run.define_metric("best/*", step_metric="epoch")
 
 
+def best_key(metric: str) -> str:
+    """The history/summary key of a metric's best value so far: ``val/hmean`` -> ``best/val_hmean``."""
+    return "best/" + metric.replace("/", "_")
+
+
 class WandbBestSummary(Callback):
-    """``best/val_hmean`` and ``best/epoch`` (history and summary: a sweep can optimise
-    ``best/val_hmean``), ``total_training_time`` (seconds of ``fit``) in the run summary."""
+    """The best values so far, in history and summary: ``best/val_hmean`` under every preset (the
+    key sweeps optimise), ``best/<monitor>`` as well when the checkpoint monitor is another metric
+    (``best/val_iou_hmean`` under the sroie presets), ``best/epoch`` (the monitor's best epoch), and
+    ``total_training_time`` (seconds of ``fit``) in the summary."""
 
     def __init__(self, monitor: str = "val/hmean", mode: str = "max") -> None:
-        self.monitor, self.mode = monitor, mode
-        self.best: float | None = None
+        self.monitor = monitor
+        # metric -> (mode, best so far)
+        self.best: dict[str, list] = {"val/hmean": ["max", None], monitor: [mode, None]}
         self.best_epoch: int | None = None
         self._fit_start: float | None = None
+        self._trained_before = 0.0  # seconds of fit in the run's earlier parts (resume=)
+
+    def training_time(self) -> float:
+        """Seconds of ``fit`` so far, the earlier parts of a resumed run included."""
+        running = time.perf_counter() - self._fit_start if self._fit_start is not None else 0.0
+        return self._trained_before + running
+
+    # kept in checkpoints: a resumed run carries its best values and training time on
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": {k: list(v) for k, v in self.best.items()}, "best_epoch": self.best_epoch, "training_time": self.training_time()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for metric, (mode, best) in (state_dict.get("best") or {}).items():
+            if metric in self.best:
+                self.best[metric][1] = best
+        self.best_epoch = state_dict.get("best_epoch")
+        self._trained_before = float(state_dict.get("training_time") or 0.0)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_start = time.perf_counter()
@@ -316,53 +218,30 @@ class WandbBestSummary(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        value = _scalar(trainer.callback_metrics.get(self.monitor))
         run = active_run(trainer.loggers)
-        if value is None or run is None:
+        if run is None:
             return
-        if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
-            self.best, self.best_epoch = value, trainer.current_epoch
-        key = "best/" + self.monitor.replace("/", "_")
-        run.log({key: self.best, "best/epoch": self.best_epoch, "epoch": trainer.current_epoch})
-        run.summary[key] = self.best
-        run.summary["best/epoch"] = self.best_epoch
+        record: dict[str, Any] = {}
+        for metric, state in self.best.items():
+            mode, best = state
+            value = scalar(trainer.callback_metrics.get(metric))
+            if value is None:
+                continue
+            if best is None or (value > best if mode == "max" else value < best):
+                state[1] = value
+                if metric == self.monitor:
+                    self.best_epoch = trainer.current_epoch
+            record[best_key(metric)] = state[1]
+        if not record:
+            return
+        record["best/epoch"] = self.best_epoch
+        run.log({**record, "epoch": trainer.current_epoch})
+        run.summary.update(record)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         run = active_run(trainer.loggers)
         if run is not None and self._fit_start is not None:
-            run.summary["total_training_time"] = time.perf_counter() - self._fit_start
-
-
-def draw_detections(
-    image_path: str | Path,
-    gt_polygons: list[np.ndarray],
-    gt_ignore: Any,
-    det_polygons: list[np.ndarray],
-    max_side: int = 1024,
-) -> Any:
-    """The stored image (the frame the polygons are in) with ground truth in green (don't-care in
-    grey) and predictions in red, scaled so its long side is at most ``max_side``."""
-    from PIL import Image, ImageDraw
-
-    with Image.open(image_path) as image:
-        canvas = image.convert("RGB")
-    scale = min(1.0, float(max_side) / max(canvas.size)) if max_side else 1.0
-    if scale < 1.0:
-        canvas = canvas.resize((max(1, round(canvas.width * scale)), max(1, round(canvas.height * scale))))
-    draw = ImageDraw.Draw(canvas)
-    width = max(1, round(max(canvas.size) / 500))
-    ignore = np.zeros(len(gt_polygons), bool) if gt_ignore is None else np.asarray(gt_ignore, bool).reshape(-1)
-
-    def outline(polygon: np.ndarray, colour: tuple[int, int, int]) -> None:
-        points = [(float(x) * scale, float(y) * scale) for x, y in np.asarray(polygon, float).reshape(-1, 2)]
-        if len(points) >= 3:
-            draw.polygon(points, outline=colour, width=width)
-
-    for polygon, ignored in zip(gt_polygons, list(ignore) + [False] * (len(gt_polygons) - len(ignore))):
-        outline(polygon, IGNORED_COLOUR if ignored else GT_COLOUR)
-    for polygon in det_polygons:
-        outline(polygon, PRED_COLOUR)
-    return canvas
+            run.summary["total_training_time"] = self.training_time()
 
 
 class WandbEvaluationMedia(Callback):

@@ -208,6 +208,12 @@ class TrackedWandbLogger(WandbLogger):
     def is_disabled(self) -> bool:
         return self._wandb_init.get("mode") == "disabled"
 
+    def finalize(self, status: str) -> None:
+        """Upload the checkpoints as model artifacts whatever the status: a fit that ends in an
+        exception or Ctrl-C keeps its latest checkpoint in W&B too (Lightning's uploads only on
+        success)."""
+        super().finalize("success")
+
     def _scan_and_log_checkpoints(self, checkpoint_callback: ModelCheckpoint) -> None:
         if self.is_disabled:
             return  # W&B off: do not copy checkpoints into wandb's staging directory for nothing
@@ -267,6 +273,8 @@ def wandb_options(cfg_wandb: dict[str, Any]) -> dict[str, Any]:
     """The keys of ``configs/logger/wandb.yaml`` that go to ``WandbLogger`` / ``wandb.init``."""
     passed = ("project", "entity", "name", "group", "tags", "notes", "id", "log_model", "save_dir", "checkpoint_name")
     options = {k: cfg_wandb.get(k) for k in passed if cfg_wandb.get(k) is not None}
+    if options.get("id"):
+        options["resume"] = "allow"  # continue that run (resume=), or start it under that id
     if "tags" in options:
         options["tags"] = [str(tag) for tag in options["tags"]]
     return options

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pyclipper
 
-from ocr.data.geometry import upright_size, upright_to_exif
+from ocr.geometry import upright_size, upright_to_exif
 
 
 @dataclass
@@ -130,7 +130,7 @@ class DBPostProcessor:
     # ``split_thresh`` (None: off). Neighbouring words of a line often touch at a low threshold
     # while each keeps its own core at a higher one; faint small print has no core there and
     # stays as it is, which a plain higher ``thresh`` would lose. On SROIE, whose labels keep some
-    # lines whole, it scored below leaving regions whole (README): off there.
+    # lines whole, it scored below leaving regions whole (docs/experiments.md): off there.
     split_thresh: float | None = None
 
     def __post_init__(self) -> None:

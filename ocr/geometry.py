@@ -5,6 +5,19 @@ from __future__ import annotations
 import numpy as np
 from shapely.geometry import MultiPolygon, Polygon, box
 
+# The FPN halves the input five times: network input sides are multiples of this
+NETWORK_MULTIPLE = 32
+
+
+def round_to_multiple(value: float, multiple: int = NETWORK_MULTIPLE) -> int:
+    """``value`` rounded to the nearest multiple of ``multiple``, at least ``multiple``."""
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def ceil_to_multiple(value: int, multiple: int = NETWORK_MULTIPLE) -> int:
+    """``value`` rounded up to a multiple of ``multiple`` (padding)."""
+    return -(-value // multiple) * multiple
+
 EXIF_ORIENTATION_TAG = 0x0112
 
 
@@ -72,3 +85,19 @@ def clip_polygon_to_frame(polygon: np.ndarray, width: int, height: int, min_area
     if not isinstance(clipped, Polygon) or clipped.is_empty or clipped.area < min_area:
         return None
     return np.asarray(clipped.exterior.coords[:-1], dtype=np.float64)
+
+
+def bounds_overlap(
+    a: tuple[float, float, float, float] | np.ndarray, b: tuple[float, float, float, float] | np.ndarray
+) -> bool | np.ndarray:
+    """Whether axis-aligned bounding boxes touch or overlap, i.e. are not disjoint.
+
+    ``a`` and ``b`` each unpack into ``minx, miny, maxx, maxy``: one box as four floats (a shapely
+    ``bounds`` tuple, the fast form for one pair), or arrays whose first axis holds the four
+    bounds, the rest broadcasting: ``bounds_overlap(ba.T[:, :, None], bb.T[:, None])`` is the dense
+    ``(len(ba), len(bb))`` mask of two ``shapely.bounds`` arrays. Disjoint boxes cannot intersect,
+    so geometry work is skipped for them. NaN bounds (an empty geometry) never overlap.
+    """
+    ax0, ay0, ax1, ay1 = a
+    bx0, by0, bx1, by1 = b
+    return (ax0 <= bx1) & (bx0 <= ax1) & (ay0 <= by1) & (by0 <= ay1)

@@ -1,12 +1,25 @@
-"""Small synthetic inputs shared by the tests."""
+"""Small synthetic inputs for tests and examples: polygons, splits in the competition layout,
+synthetic receipt batches, tiny ONNX stand-ins for PP-OCR's files, and the runners run as a user
+runs them. Nothing here downloads anything."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+
+from ocr.data.dataset import collate_receipts
+from ocr.data.synthetic import render_receipt
+from ocr.data.targets import make_db_targets
+from ocr.data.transforms import ResizeForEval
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def rect(x0: float, y0: float, x1: float, y1: float) -> list[list[float]]:
@@ -106,3 +119,58 @@ def write_tiny_backbone_detector_onnx(path: Path, widths: tuple[int, ...] = (4, 
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path, weights
+
+
+def receipt_item(seed: int, size: int) -> dict:
+    """A synthetic receipt as the dataset gives it: long side ``size``, with its targets."""
+    image, words = render_receipt(seed, degrade=False)
+    polygons = [np.asarray(w["points"], float) for w in words]
+    image, polygons, scale = ResizeForEval(size)(np.asarray(image), polygons)
+    item = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))}
+    item.update({k: torch.from_numpy(v) for k, v in make_db_targets(image.shape[:2], polygons).items()})
+    for key, value in (("name", f"r{seed}"), ("raw_size", (0, 0)), ("orientation", 1), ("scale", scale)):
+        item[key] = value
+    item.update(gt_polygons=polygons, gt_ignore=np.zeros(len(polygons), bool), gt_texts=[None] * len(polygons))
+    return item
+
+
+def two_receipts(size=512):
+    return collate_receipts([receipt_item(seed, size) for seed in (1, 2)])
+
+
+def run_runner(script: str, *overrides: str) -> subprocess.CompletedProcess:
+    """``python runners/<script> <overrides>`` from the checkout's root, offline; fails the test
+    with the output's end when it exits non-zero."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "runners" / script), *overrides],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+def text_page(width: int = 96, height: int = 64, colour: bool = False) -> np.ndarray:
+    """A small white (H, W, 3) uint8 page with three black words and a mid-gray one; ``colour``
+    adds a red word (for readers that could swap channels). Cheap to detect on: ``1 - gray/255``."""
+    page = np.full((height, width, 3), 255, np.uint8)
+    for x0, y0, x1, y1 in ((6, 6, 40, 14), (50, 6, 88, 14), (6, 24, 60, 32)):
+        page[y0:y1, x0:x1] = 0
+    page[42:50, 6:40] = 128
+    if colour:
+        page[42:50, 50:88] = (200, 40, 30)
+    return page
+
+
+def write_png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header says ``width`` x ``height`` and that holds no pixels: opening it reads
+    the size only (a stand-in for a huge scan, or a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path

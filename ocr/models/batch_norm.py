@@ -1,0 +1,32 @@
+"""Batch norm that keeps its pretrained running statistics while the rest of a module trains."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def keep_batch_norm_statistics(module: nn.Module) -> None:
+    """Put every batch norm in ``module`` in eval mode: it normalises with (and no longer updates) its
+    running statistics, which fine-tuning at a small batch of crops would replace with the crops'
+    own; its scale and shift still train."""
+    for submodule in module.modules():
+        if isinstance(submodule, nn.modules.batchnorm._BatchNorm):
+            submodule.eval()
+
+
+class FreezableBatchNorm(nn.Module):
+    """A module whose batch norm stays in eval mode in training when ``freeze_batch_norm`` is set.
+
+    Subclasses set ``freeze_batch_norm`` and call ``self.train(self.training)`` once built. Both
+    are needed: ``train()`` re-freezes after anything sets training mode, and the call at
+    construction matters because Lightning does not call ``train()`` when fitting starts; it records
+    every submodule's mode before each validation pass and sets those flags back afterwards.
+    """
+
+    freeze_batch_norm: bool = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.freeze_batch_norm:
+            keep_batch_norm_statistics(self)
+        return self

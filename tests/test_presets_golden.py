@@ -1,0 +1,52 @@
+"""Every preset resolves to the same settings as before the configs were restructured.
+
+``tests/golden/presets.json`` holds each preset's resolved leaves as composed before the
+restructure (``sroie_fp32cpu``: what ``preset=sroie`` resolved to on a CPU without hardware bf16,
+which it replaces). Only the keys below may differ; anything else is a changed recipe.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from ocr.checkpoints import MOVED_TARGETS, with_current_targets
+from ocr.config import CONFIG_DIR, compose_config
+
+GOLDEN = json.loads((Path(__file__).parent / "golden" / "presets.json").read_text())
+# Machine- or time-dependent: the run name's timestamp and the numerics that follow the hardware
+VOLATILE = {"exp_name", "output_dir", "logger.wandb.name", "logger.wandb.save_dir", "trainer.precision",
+            "lightning_module.channels_last", "datasets.num_workers"}
+# New keys (their values equal the old behaviour) and keys dropped because they only undid
+# another preset's per-machine choice
+ADDED_UNDER = ("callbacks.",)  # configs/callbacks/: the callbacks that were built in code, same settings
+ADDED = {"datasets.bad_image", "checkpoint.every_n_train_steps", "time_budget.float32_cpu_preset", "models.encoder.channels", "models.encoder.freeze_batch_norm", "models.network.fetch_if_missing"}
+REMOVED = {"checkpoint.save_last", "datasets.missing_image"}  # now callbacks.last_checkpoint (null turns it off); datasets.bad_image
+REMOVED_IN = {("sroie_ppocr_backbone", "models.encoder.channels")}
+
+
+def leaves(tree, prefix=""):
+    if isinstance(tree, dict):
+        return {key: value for k, v in tree.items() for key, value in leaves(v, f"{prefix}.{k}" if prefix else str(k)).items()}
+    return {prefix: tree}
+
+
+def resolved_leaves(preset: str) -> dict:
+    cfg = compose_config("train", [f"preset={preset}", "exp_name=golden"])
+    return {k: v for k, v in leaves(OmegaConf.to_container(cfg, resolve=True)).items() if k not in VOLATILE}
+
+
+def test_every_preset_has_a_golden_record():
+    assert sorted(GOLDEN) == sorted(p.stem for p in (CONFIG_DIR / "preset").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", sorted(GOLDEN))
+def test_preset_resolves_to_its_golden_leaves(preset):
+    now = resolved_leaves(preset)
+    # classes that moved are compared at their current place
+    before = {k: MOVED_TARGETS.get(v, v) if k.endswith("_target_") else with_current_targets(v) for k, v in GOLDEN[preset].items()}
+    changed = {k: (before[k], now[k]) for k in before.keys() & now.keys() if json.dumps(before[k], sort_keys=True, default=str) != json.dumps(now[k], sort_keys=True, default=str)}
+    assert changed == {}
+    assert {k for k in before.keys() - now.keys() if k not in REMOVED and (preset, k) not in REMOVED_IN} == set()
+    assert {k for k in now.keys() - before.keys() if not k.startswith(ADDED_UNDER)} <= ADDED
