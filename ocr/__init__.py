@@ -9,7 +9,7 @@ __all__ = ["Detector"]
 
 
 def __getattr__(name: str):
-    # `from ocr import Detector` without making `import ocr` pull in torch, Lightning and OpenCV
+    # `from ocr import Detector` on first use: `import ocr` alone loads no Lightning, OpenCV or model code
     if name == "Detector":
         from ocr.detector import Detector
 

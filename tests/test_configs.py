@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from ocr.config import CONFIG_DIR, compose_config
 from ocr.data.transforms import PolygonAugment
@@ -271,3 +272,25 @@ def test_the_augmentation_slots_reach_the_training_pipeline():
     assert photo[0] == "RandomRescale" and photo[2] == "TextAwareRandomCrop"
     assert photo[1] == ["Perspective", "Affine"]
     assert {"RandomShadow", "OneOf", "GaussNoise"} <= set(photo[3])
+
+
+def test_a_checkpoint_written_before_the_restructure_still_loads(tmp_path):
+    # its config names the post-processor at its old place, the float32-CPU recipe's widths, keys
+    # since renamed (checkpoint.save_last, datasets.missing_image) and no callbacks group
+    from ocr.checkpoints import load_checkpoint_into
+
+    trained = OmegaConf.to_container(compose_config("train", ["preset=sroie_fp32cpu"]), resolve=True)
+    trained["models"]["postprocess"]["_target_"] = "ocr.postprocess.DBPostProcessor"
+    trained["models"]["postprocess"]["thresh"] = 0.42
+    trained["checkpoint"]["save_last"] = True
+    trained["datasets"]["missing_image"] = trained["datasets"].pop("bad_image")
+    del trained["callbacks"], trained["models"]["encoder"]["freeze_batch_norm"]
+    module = build_module(compose_config("train", ["preset=sroie_fp32cpu"]))
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": module.state_dict(), "ocr_config": trained}, path)
+    cfg = compose_config("test", [f"checkpoint_path={path}"])  # the example preset on the command line
+    checkpoint = load_checkpoint_into(cfg, overrides=[])
+    rebuilt = build_module(cfg)
+    rebuilt.load_state_dict(checkpoint["state_dict"])
+    assert rebuilt.model.encoder.channels == [32, 64, 128, 256] and rebuilt.model.decoder.out_channels == 64
+    assert type(rebuilt.postprocess).__module__ == "ocr.models.postprocess" and rebuilt.postprocess.thresh == 0.42
