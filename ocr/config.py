@@ -129,6 +129,98 @@ def float32_cpu_suggestion(cfg: Any) -> str | None:
     )
 
 
+# The id of the run a process belongs to, for the processes Lightning starts itself (trainer.devices=N
+# on one machine: it runs the same command again with LOCAL_RANK=1..N-1 in the environment).
+RUN_ID_ENV = "OCR_RUN_ID"
+RUN_ID_OWNER_ENV = "OCR_RUN_ID_OWNER"  # the pid of the process that chose it
+
+
+def run_id() -> str:
+    """A short id that tells this run from every other, and is the same in every process of one
+    distributed run (``${run_id:}``: the end of the default ``exp_name``, so of ``output_dir`` and
+    the W&B run name).
+
+    - ``OCR_RUN_ID`` when set by hand (pin one id on every node of another launcher), or by the
+      process that started this one as its DDP worker (Lightning's own launcher,
+      ``trainer.devices=N`` on one machine);
+    - under torchrun: one id for all its workers, agreed through the store that torchrun's agent
+      serves at MASTER_ADDR:MASTER_PORT (static and c10d rendezvous; a new one for each torchrun
+      launch and restart), else the rendezvous id (``--rdzv_id``);
+    - under SLURM with several tasks (``srun``, what Lightning's SLURMEnvironment reads): the job
+      step, ``slurm<job id>.<step>`` (``<array job>_<array task>`` for array jobs);
+    - else a new one: ``<YYYYmmdd-HHMMSS>-<6 random hex digits>``, so runs started in the same
+      second (sweep trials, parallel jobs) still differ.
+    """
+    inherited = os.environ.get(RUN_ID_ENV)
+    owner = os.environ.get(RUN_ID_OWNER_ENV)
+    if inherited and (owner is None or (owner == str(os.getppid()) and os.environ.get("LOCAL_RANK", "0") != "0")):
+        return inherited
+    value = _launcher_run_id() or _new_run_id()
+    os.environ[RUN_ID_ENV] = value  # the DDP workers Lightning starts from this process inherit it
+    os.environ[RUN_ID_OWNER_ENV] = str(os.getpid())
+    return value
+
+
+def _new_run_id() -> str:
+    import secrets
+    import time
+
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def _launcher_run_id() -> str | None:
+    """The run's id as every process of a torchrun or multi-task SLURM launch sees it; None outside."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        agreed = _agree_through_torchelastic_store()
+        if agreed:
+            return agreed
+        rendezvous = _safe_name(os.environ["TORCHELASTIC_RUN_ID"])
+        if rendezvous and rendezvous != "none":
+            return f"torchrun-{rendezvous}"
+        log.warning("torchrun without an agent store or --rdzv_id: every launch on this port gets one run id; pass exp_name=")
+        return f"torchrun-{_safe_name(os.environ.get('MASTER_ADDR', ''))}-{os.environ.get('MASTER_PORT', '')}"
+    tasks = os.environ.get("SLURM_NTASKS", "1")
+    if (
+        "SLURM_JOB_ID" in os.environ
+        and tasks.isdigit()
+        and int(tasks) > 1
+        and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive")  # Lightning's own test
+    ):
+        job = os.environ["SLURM_JOB_ID"]
+        if "SLURM_ARRAY_JOB_ID" in os.environ and "SLURM_ARRAY_TASK_ID" in os.environ:
+            job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        step = os.environ.get("SLURM_STEP_ID")
+        return _safe_name(f"slurm{job}" + (f".{step}" if step else ""))
+    return None
+
+
+def _agree_through_torchelastic_store(timeout_s: float = 120.0) -> str | None:
+    """One new id for every worker of this torchrun launch: the first to ask stores one in the
+    agent's TCP store (MASTER_ADDR:MASTER_PORT, which torchrun serves for its workers when
+    TORCHELASTIC_USE_AGENT_STORE is True), the others read it. None when there is no such store."""
+    address, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT", "")
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or not address or not port.isdigit():
+        return None
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    key = f"ocr/run_id/{os.environ['TORCHELASTIC_RUN_ID']}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    try:
+        store = TCPStore(address, int(port), is_master=False, timeout=timedelta(seconds=timeout_s))
+        if store.add(f"{key}/claimed", 1) == 1:
+            store.set(key, _new_run_id())
+        return store.get(key).decode()
+    except Exception as error:  # noqa: BLE001 - any failure: fall back to the rendezvous id
+        log.warning("could not agree on a run id through torchrun's store at %s:%s (%s)", address, port, error)
+        return None
+
+
+def _safe_name(text: str) -> str:
+    """``text`` with only letters, digits and ``._-`` (a folder and W&B run name)."""
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in text)
+
+
 def register_resolvers() -> None:
     resolvers = {
         "multiple_of_32": multiple_of_32,
@@ -139,3 +231,6 @@ def register_resolvers() -> None:
     for name, function in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)
+    if not OmegaConf.has_resolver("run_id"):
+        # cached per composed config: every ${run_id:} of one config is one value
+        OmegaConf.register_new_resolver("run_id", run_id, use_cache=True)
