@@ -80,6 +80,7 @@ class DBNetModule(L.LightningModule):
         channels_last: bool = False,
         tta_scales: list[float] | None = None,
         encoder_lr_scale: float = 1.0,
+        compile: bool = False,
     ):
         super().__init__()
         self.run_config: dict[str, Any] = {}  # the resolved run config, set by the runner
@@ -89,12 +90,19 @@ class DBNetModule(L.LightningModule):
         self.channels_last = channels_last
         self.tta_scales = [float(scale) for scale in tta_scales or []]
         self.encoder_lr_scale = float(encoder_lr_scale)
+        self.compile_network = bool(compile)
         # a network may say how it was trained to see images (PPOCRDetector: 0.5, 0.5); else ImageNet's
         mean, std = getattr(model, "input_mean", IMAGENET_MEAN), getattr(model, "input_std", IMAGENET_STD)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+
+    def setup(self, stage: str) -> None:
+        # compiled for training only, in place (state_dict keys unchanged): test, predict, export
+        # and the Detector run the plain network
+        if stage == "fit" and self.compile_network:
+            self.model.compile()
 
     # -- forward ------------------------------------------------------------------------
     def normalize(self, images: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from PIL import Image
 from shapely.geometry import Polygon as ShapelyPolygon
 
 from ocr.checkpoints import CheckpointError, read_checkpoint
-from ocr.config import compose_config
+from ocr.config import CONFIG_DIR, compose_config
 from ocr.data import images
 from ocr.data.annotations import AnnotationError, load_samples
 from ocr.data.datamodule import ReceiptDataModule
@@ -64,11 +64,9 @@ def test_a_setting_out_of_range_stops_before_any_work_naming_key_value_and_range
     assert named in str(error.value)
 
 
-def test_every_preset_passes_validation_as_shipped():
-    from tests.test_presets_golden import GOLDEN
-
-    for preset in GOLDEN:
-        validate_settings(compose_config("train", [f"preset={preset}"]), "train")
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONFIG_DIR / "preset").glob("*.yaml")))
+def test_every_preset_passes_validation_as_shipped(preset):
+    validate_settings(compose_config("train", [f"preset={preset}"]), "train")
 
 
 def test_a_crop_off_the_networks_multiple_is_rounded_with_a_note(caplog):

@@ -189,3 +189,13 @@ def test_encoder_lr_scale_without_an_encoder_says_what_is_missing(tmp_path):
     module = DBNetModule(nn.Conv2d(3, 1, 3), DBLoss(), DBPostProcessor(), optimizer=torch.optim.SGD, encoder_lr_scale=0.1)
     with pytest.raises(ValueError, match="encoder_lr_scale=0.1 needs a network with an encoder"):
         module.parameter_groups()
+
+
+def test_compile_switch_compiles_the_network_for_fit_only():
+    cfg = compose_config("train", ["lightning_module.compile=true", "models.decoder.inner_channels=64"])
+    module = build_module(cfg)
+    keys = set(module.state_dict())
+    module.setup("test")
+    assert module.model._compiled_call_impl is None  # evaluation runs the plain network
+    module.setup("fit")
+    assert module.model._compiled_call_impl is not None and set(module.state_dict()) == keys  # checkpoints unchanged
