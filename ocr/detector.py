@@ -30,7 +30,7 @@ from PIL import Image
 
 from ocr.data.annotations import IMAGE_SUFFIXES, list_images
 from ocr.data.dataset import collate_receipts
-from ocr.data.images import _orientation, pil_to_rgb8, read_image, upright
+from ocr.data.images import exif_orientation, pil_to_rgb8, read_image, upright
 from ocr.data.transforms import ResizeForEval
 from ocr.lightning_module import DBNetModule, decode_probabilities, probability_maps, size_groups
 from ocr.models.postprocess import DBPostProcessor, Detections
@@ -109,7 +109,7 @@ def upright_pil(image: Image.Image) -> tuple[np.ndarray, int, tuple[int, int]]:
     """An in-memory PIL image as ``read_image`` gives a file (``ocr.data.images``' rules: modes to
     8-bit RGB, transparency on white, EXIF orientation applied): the upright RGB uint8 array, the
     orientation and the stored (width, height)."""
-    orientation = _orientation(image)
+    orientation = exif_orientation(image)
     return upright(np.ascontiguousarray(pil_to_rgb8(image)), orientation), orientation, image.size
 
 

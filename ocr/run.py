@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import lightning as L
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
-from hydra.utils import instantiate
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 

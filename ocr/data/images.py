@@ -122,7 +122,7 @@ def open_image(path: Path) -> Iterator[Image.Image]:
             yield image
 
 
-def _orientation(image: Image.Image) -> int:
+def exif_orientation(image: Image.Image) -> int:
     """The EXIF orientation tag (1 to 8), 1 when absent or not a valid tag."""
     try:
         value = int(image.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
@@ -132,7 +132,7 @@ def _orientation(image: Image.Image) -> int:
 
 
 def _header(image: Image.Image) -> ImageHeader:
-    return ImageHeader(image.size, _orientation(image), int(getattr(image, "n_frames", 1) or 1), image.mode)
+    return ImageHeader(image.size, exif_orientation(image), int(getattr(image, "n_frames", 1) or 1), image.mode)
 
 
 def read_header(path: str | Path) -> ImageHeader:
