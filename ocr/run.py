@@ -29,6 +29,7 @@ from ocr.factory import (
     build_trainer,
 )
 from ocr.pretrained import fetch_missing_files
+from ocr.render import write_error_analysis
 from ocr.submission import check_writable
 from ocr.submission import write_submission as write_submission_files
 from ocr.tracking.artifacts import (
@@ -236,15 +237,14 @@ def _load_for_evaluation(cfg: DictConfig, loggers: list[Logger]) -> tuple[dict[s
 
 
 def _evaluation_parts(
-    cfg: DictConfig, loggers: list[Logger], job_type: str, job: dict[str, Any]
+    cfg: DictConfig, loggers: list[Logger], job_type: str, checkpoint: dict[str, Any], job: dict[str, Any]
 ) -> tuple[Any, PredictionCollector, L.Trainer]:
     """The module with the checkpoint's weights, a prediction collector and the trainer of an
-    evaluation job (callbacks from configs/callbacks/eval.yaml)."""
-    checkpoint, reference = job["checkpoint"], job["reference"]
+    evaluation job (callbacks from configs/callbacks/eval.yaml); ``job``: what W&B records of it."""
     module = build_module(cfg)
     module.load_state_dict(checkpoint["state_dict"])
     collector = PredictionCollector()
-    callbacks = [*build_callbacks(cfg), collector, *build_tracking_callbacks(cfg, job_type, {**job.get("info", {}), **reference})]
+    callbacks = [*build_callbacks(cfg), collector, *build_tracking_callbacks(cfg, job_type, job)]
     return module, collector, build_trainer(cfg, callbacks, loggers)
 
 
@@ -263,8 +263,7 @@ def _test(cfg: DictConfig, loggers: list[Logger], split: str, job_type: str) -> 
     if split != "test":  # score another split through the test path
         datamodule.prepare_data()
         datamodule.datasets["test"] = datamodule.make_dataset(split)
-    job = {"checkpoint": checkpoint, "reference": reference, "info": {"split": split}}
-    module, collector, trainer = _evaluation_parts(cfg, loggers, job_type, job)
+    module, collector, trainer = _evaluation_parts(cfg, loggers, job_type, checkpoint, {"split": split, **reference})
     datamodule.setup("test")
     if not datamodule.datasets["test"].annotated:
         image_dir, annotation_path = datamodule.split_paths(split)
@@ -299,59 +298,16 @@ def _predict(cfg: DictConfig, loggers: list[Logger]) -> dict[str, Path]:
     checkpoint, reference = _load_for_evaluation(cfg, loggers)
     check_writable(submission_folder(cfg))
     datamodule = build_datamodule(cfg)
-    module, collector, trainer = _evaluation_parts(cfg, loggers, "predict", {"checkpoint": checkpoint, "reference": reference})
+    module, collector, trainer = _evaluation_parts(cfg, loggers, "predict", checkpoint, reference)
     trainer.predict(module, datamodule=datamodule, return_predictions=False)
     paths = write_submission(cfg, datamodule, collector.rows, partial=_partial_run(cfg, trainer, "predict"))
     _log_predictions(cfg, loggers, paths, collector.rows, "predict", "predict", reference)
     if rank_zero_only.rank == 0:
-        paths.update(_error_analysis(cfg, datamodule.datasets["predict"].samples, collector.rows))
+        paths.update(
+            write_error_analysis(
+                Path(cfg.output_dir), datamodule.datasets["predict"].samples, collector.rows, instantiate(cfg.metrics),
+                render_all=bool(cfg.get("render")), render_worst=int(cfg.get("render_worst") or 0),
+                max_side=int(cfg.get("render_max_side") or 0),
+            )
+        )  # fmt: skip
     return paths
-
-
-def _error_analysis(cfg: DictConfig, samples: list, rows: list[dict]) -> dict[str, Path]:
-    """Local error analysis of a predict run: with annotations, ``per_image.csv`` (scores and error
-    counts per image, worst first) and the ``render_worst`` worst pages drawn under
-    ``renders/worst/``; with ``render=true``, every page drawn under ``renders/``."""
-    from rich.progress import track
-
-    from ocr.metrics.errors import match_errors
-    from ocr.render import draw_detections, per_image_csv_text
-    from ocr.submission import write_files_atomically
-
-    output_dir = Path(cfg.output_dir)
-    by_name = {sample.name: sample for sample in samples}
-    found = {row["name"]: row["polygons"] for row in rows if row["name"] in by_name}
-    annotated = [name for name in found if by_name[name].annotated]
-    written: dict[str, Path] = {}
-    errors: dict[str, Any] = {}
-    ranked: list[dict] = []
-    if annotated:
-        evaluator = instantiate(cfg.metrics)
-        for name in annotated:
-            sample = by_name[name]
-            evaluator.update(name, sample.polygons, found[name], sample.ignore, sample.texts)
-            errors[name] = match_errors(sample.polygons, found[name], sample.ignore, iou_threshold=evaluator.iou_threshold)
-        ranked = evaluator.per_image()  # worst first
-        written["per_image"] = output_dir / "per_image.csv"
-        write_files_atomically({written["per_image"]: per_image_csv_text(ranked)})
-        log.info("Per-image scores (worst first): %s", written["per_image"])
-    max_side = int(cfg.get("render_max_side") or 0)
-
-    def render(name: str, target: Path) -> None:
-        sample = by_name[name]
-        picture = draw_detections(sample.image_path, sample.polygons, sample.ignore, found[name], max_side, errors.get(name))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        picture.save(target)
-
-    if cfg.get("render"):
-        for name in track(sorted(found), description="Rendering", transient=True):
-            render(name, output_dir / "renders" / f"{Path(name).stem}.png")
-        written["renders"] = output_dir / "renders"
-        log.info("Drew %d pages under %s", len(found), written["renders"])
-    worst = int(cfg.get("render_worst") or 0)
-    if ranked and worst > 0:
-        for rank, row in enumerate(ranked[:worst], start=1):
-            render(row["image_id"], output_dir / "renders" / "worst" / f"{rank:03d}_{Path(row['image_id']).stem}.png")
-        written["worst"] = output_dir / "renders" / "worst"
-        log.info("Drew the %d worst pages under %s", min(worst, len(ranked)), written["worst"])
-    return written
