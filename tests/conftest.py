@@ -27,3 +27,10 @@ def tiny_detector_onnx(tmp_path_factory):
 def tiny_backbone_onnx(tmp_path_factory):
     """A stand-in for PP-OCR's detector ONNX file with a four-stage backbone (features f4-f32)."""
     return write_tiny_backbone_detector_onnx(tmp_path_factory.mktemp("onnx") / "backbone.onnx")[0]
+
+
+@pytest.fixture(scope="session")
+def paddle_backbone_onnx(tmp_path_factory):
+    """The same with PPLCNetV3's exported patterns around each convolution (scalar affines, hardswish
+    spelled out, a 1x1 convolution): what ``simplify_for_inference`` rewrites."""
+    return write_tiny_backbone_detector_onnx(tmp_path_factory.mktemp("onnx") / "paddle.onnx", paddle_blocks=True)[0]

