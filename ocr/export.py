@@ -315,6 +315,68 @@ def export_onnx(
     return output, sidecar_file
 
 
+def int8_output(onnx_path: str | Path) -> Path:
+    """``<stem>.int8.onnx`` next to the float export."""
+    onnx_path = Path(onnx_path)
+    return onnx_path.with_name(f"{onnx_path.stem}.int8{onnx_path.suffix}")
+
+
+def quantize_int8(onnx_path: str | Path, calibration_images: Any, output: str | Path | None = None, count: int = 16) -> tuple[Path, Path]:
+    """Quantise an export to int8 with ONNX Runtime's static quantisation (QOperator; weights int8
+    per channel, activations uint8, ranges calibrated by running the float model on up to ``count``
+    of ``calibration_images``: a folder, a file or a list, receipts like those it will see, sized by
+    the export's own rule). Writes ``output`` (default ``<stem>.int8.onnx``) and its sidecar (the float
+    export's, plus a ``quantization`` block), both atomically; returns both paths. Its maps differ
+    from the float model's by quantisation error: measure its accuracy (``python -m
+    benchmarks.inference_speed --int8 ...``, docs/experiments.md)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from ocr.detector import Detector, expand_inputs, load_input, network_item
+
+    onnx_path = Path(onnx_path)
+    output = Path(output) if output else int8_output(onnx_path)
+    source = Detector.from_onnx(onnx_path, threads=1)  # checks both files and gives the sizing rule
+    images = [image for image in expand_inputs(calibration_images)][: max(int(count), 1)]
+    if not images:
+        raise ExportError(f"quantize=int8 needs calibration images: none found in {calibration_images}")
+
+    class Pages(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(images)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            image = next(self.items, None)
+            if image is None:
+                return None
+            return {INPUT_NAME: network_item(*load_input(image), resize=source.resize)["image"][None].numpy()}
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    model_temporary, sidecar_temporary = _temporary(output), _temporary(sidecar_path(output))
+    prepared = _temporary(output.with_name(output.stem + ".prepared.onnx"))
+    try:
+        quant_pre_process(str(onnx_path), str(prepared))
+        quantize_static(
+            str(prepared), str(model_temporary), Pages(), quant_format=QuantFormat.QOperator, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        )  # fmt: skip
+        notes = json.loads(sidecar_path(onnx_path).read_text(encoding="utf-8"))
+        notes["model_file"] = output.name
+        notes["quantization"] = {
+            "method": "onnxruntime static int8, QOperator: weights int8 per channel, activations uint8",
+            "from_model": onnx_path.name,
+            "calibration_images": [getattr(image, "name", str(image)) for image in images],
+        }
+        sidecar_temporary.write_text(json.dumps(notes, indent=2) + "\n", encoding="utf-8")
+        os.replace(model_temporary, output)
+        os.replace(sidecar_temporary, sidecar_path(output))
+    finally:
+        for path in (model_temporary, sidecar_temporary, prepared):
+            path.unlink(missing_ok=True)
+    log.info("Quantised %s to int8: %s (%.1f MB), calibrated on %d images", onnx_path.name, output, output.stat().st_size / 1e6, len(images))
+    return output, sidecar_path(output)
+
+
 # -- W&B --------------------------------------------------------------------------------------------
 def onnx_artifact_name(notes: dict[str, Any], checkpoint_path: str | Path) -> str:
     """``<the checkpoint's model artifact>-onnx`` (``model-<run id>-onnx``), or ``model-<stem>-onnx``."""
@@ -371,6 +433,15 @@ def export(cfg: DictConfig) -> tuple[Path, Path]:
     fmt = str(cfg.get("format", "onnx")).lower()
     if fmt not in FORMATS:
         raise ExportError(f"format={fmt}: only {', '.join(FORMATS)} can be exported")
+    if cfg.get("quantize") not in (None, "int8"):
+        raise ExportError(f"quantize={cfg.quantize}: must be int8 or null")
+    if cfg.get("quantize") == "int8":
+        images = cfg.get("calibration_images")
+        if not images or not Path(str(images)).exists():
+            raise ExportError(
+                f"quantize=int8 needs calibration_images=<folder of receipts like those it will see> (got {images}): "
+                "int8 ranges are calibrated on them"
+            )
     if not cfg.get("wandb"):
         return _export(cfg, run=None)
     from ocr.factory import build_loggers
@@ -417,4 +488,7 @@ def _export(cfg: DictConfig, run: Any | None) -> tuple[Path, Path]:
     print(f"Wrote {paths[0]} and {paths[1]}")
     if run is not None:
         log_onnx_artifact(run, *paths, checkpoint_path=cfg.checkpoint_path)
+    if cfg.get("quantize") == "int8":
+        quantised = quantize_int8(paths[0], cfg.calibration_images, count=int(cfg.get("calibration_count") or 16))
+        print(f"Wrote {quantised[0]} and {quantised[1]}")
     return paths

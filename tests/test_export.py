@@ -217,3 +217,32 @@ def test_the_wandb_artifact_names_the_checkpoints_artifact(tmp_path, tiny_detect
     assert artifact.metadata["checkpoint_artifact"] == "model-abc123" and artifact.metadata["source_run"] == "team/proj/abc123"
     assert artifact.metadata["checkpoint_sha256"] == notes["checkpoint"]["sha256"] and artifact.metadata["val/hmean"] == 0.75
     assert log_onnx_artifact(None, onnx_path, sidecar, checkpoint) is None
+
+
+def test_int8_quantisation_writes_a_calibrated_model_close_to_the_float_one(trained, tmp_path):
+    """quantize=int8 writes <stem>.int8.onnx and its sidecar (calibration recorded) beside the float
+    export; its maps stay close to the float model's; without calibration images it stops at once."""
+    root, checkpoint = trained
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    for seed in (7, 8):
+        render_receipt(seed)[0].save(pages / f"r{seed}.jpg")
+    output = tmp_path / "detector.onnx"
+    run_runner("export.py", f"checkpoint_path={checkpoint}", f"output={output}", "quantize=int8",
+               f"calibration_images={pages}", "calibration_count=2", f"output_dir={tmp_path / 'run'}")  # fmt: skip
+    quantised = tmp_path / "detector.int8.onnx"
+    notes = json.loads(sidecar_path(quantised).read_text())
+    assert notes["model_file"] == "detector.int8.onnx" and notes["quantization"]["calibration_images"] == ["r7.jpg", "r8.jpg"]
+    assert not list(tmp_path.glob("*.tmp*")) and not list(tmp_path.glob("*prepared*"))
+    page = np.asarray(render_receipt(3)[0])
+    float_map = Detector.from_onnx(output).probabilities(page)
+    int8_map = Detector.from_onnx(quantised).probabilities(page)
+    assert int8_map.shape == float_map.shape and np.abs(int8_map - float_map).mean() < 0.02
+    assert quantised.stat().st_size < output.stat().st_size / 2  # int8 weights
+    from ocr.export import export
+
+    for bad in ([], [f"calibration_images={tmp_path / 'absent'}"]):
+        cfg = compose_config("export", [f"checkpoint_path={checkpoint}", "quantize=int8", f"output={tmp_path / 'other.onnx'}", *bad])
+        with pytest.raises(ExportError, match="quantize=int8 needs calibration_images="):
+            export(cfg)  # before any work
+        assert not (tmp_path / "other.onnx").exists()
