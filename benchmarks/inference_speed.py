@@ -5,7 +5,7 @@ Markdown table.
     python -m benchmarks.inference_speed                                   # the example preset's network, untrained
     python -m benchmarks.inference_speed checkpoint_path=outputs/x/checkpoints/best.ckpt images=receipts/
     python -m benchmarks.inference_speed --quick                           # 3 pages, one timed pass
-    python -m benchmarks.inference_speed --int8                            # + ONNX Runtime int8 rows
+    python -m benchmarks.inference_speed --int8 calibration=DIR            # + ONNX Runtime int8 row
 
 Each backend runs :class:`ocr.detector.Detector` (``from_checkpoint``: PyTorch in float32 and, on a
 CPU with hardware bf16, with ``precision="bf16"`` as the runners infer there; ``from_onnx``
@@ -18,9 +18,10 @@ are synthetic receipts (``ocr.data.synthetic.render_receipt``: 360-480 px wide, 
 slight rotation), written as JPEG. The untrained network's post-processing time is not a trained
 one's (its probability map has other regions): pass a checkpoint for that.
 
-``--int8`` adds ONNX Runtime on the export quantised to int8: dynamically (weights only,
-``quantize_dynamic``) and statically (weights and activations, QOperator, per channel, calibrated on
-four other synthetic pages).
+``--int8`` adds ONNX Runtime on the export quantised to int8 as ``runners/export.py quantize=int8``
+does it (static: weights and activations, QOperator, per channel), calibrated on up to 16 images of
+``calibration=DIR`` or on four other synthetic pages. (Dynamic int8, weights only, measured 5-9x
+slower than float32 here: docs/experiments.md.)
 
 The RapidOCR row needs ``rapidocr_onnxruntime`` importable (it pulls opencv-python, which clashes
 with this project's opencv-python-headless: e.g. ``pip download rapidocr_onnxruntime==1.4.4
@@ -53,9 +54,9 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 pages, one timed pass (default: 8 pages, best of 3 passes)")
     parser.add_argument("--int8", action="store_true", help="also ONNX Runtime on int8-quantised exports")
-    parser.add_argument("options", nargs="*", help="checkpoint_path=... images=DIR image_size=1600 threads=N pages=N")
+    parser.add_argument("options", nargs="*", help="checkpoint_path=... images=DIR image_size=1600 threads=N pages=N calibration=DIR")
     args = parser.parse_args(argv)
-    known = {"checkpoint_path", "images", "image_size", "threads", "pages"}
+    known = {"checkpoint_path", "images", "image_size", "threads", "pages", "calibration"}
     options = {}
     for option in args.options:
         key, sep, value = option.partition("=")
@@ -135,42 +136,17 @@ def timed_detector(detector: Detector) -> tuple[Detector, TimedNetwork]:
     return detector, timed
 
 
-def quantised_detectors(onnx_path: Path, resize, folder: Path, threads: int) -> dict[str, Detector]:
-    """The export quantised to int8, dynamically and statically (calibrated on 4 other synthetic pages)."""
-    import shutil
+def quantised_detector(onnx_path: Path, resize, calibration: Path | None, folder: Path, threads: int) -> Detector:
+    """The export quantised to int8 as ``runners/export.py quantize=int8`` does it
+    (:func:`ocr.export.quantize_int8`), calibrated on ``calibration`` (a folder of receipts) or, by
+    default, on 4 synthetic pages other than the timed ones."""
+    from ocr.export import quantize_int8
 
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from ocr.detector import load_input, network_item
-    from ocr.export import sidecar_path
-
-    prepared = folder / "prepared.onnx"
-    quant_pre_process(str(onnx_path), str(prepared))
-    calibration = [
-        network_item(*load_input(path), resize=resize)["image"][None].numpy()
-        for path in synthetic_pages(folder / "calibration", 4, 5000)
-    ]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"image": image} for image in calibration])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    outputs = {"int8 dynamic": folder / "int8_dynamic.onnx", "int8 static": folder / "int8_static.onnx"}
-    quantize_dynamic(str(prepared), str(outputs["int8 dynamic"]), weight_type=QuantType.QInt8)
-    quantize_static(
-        str(prepared), str(outputs["int8 static"]), Reader(), quant_format=QuantFormat.QOperator, per_channel=True,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-    )  # fmt: skip
-    detectors = {}
-    for name, path in outputs.items():
-        shutil.copyfile(sidecar_path(onnx_path), sidecar_path(path))
-        detectors[name] = Detector.from_onnx(path, threads=threads)
-        detectors[name].resize = resize
-    return detectors
+    images = calibration if calibration is not None else synthetic_pages(folder / "calibration", 4, 5000)
+    quantised, _ = quantize_int8(onnx_path, images, folder / "detector.int8.onnx", count=16)
+    detector = Detector.from_onnx(quantised, threads=threads)
+    detector.resize = resize
+    return detector
 
 
 def rapidocr_runner(resize) -> tuple[Callable[[Path], Any], TimedNetwork] | None:
@@ -238,9 +214,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             detectors["PyTorch (bf16 autocast, channels_last)"].resize = resize
         detectors["ONNX Runtime (float32)"] = onnx
         if args.int8:
-            detectors.update(
-                {f"ONNX Runtime ({name})": d for name, d in quantised_detectors(onnx_path, resize, scratch, threads).items()}
-            )
+            calibration = Path(options["calibration"]) if options.get("calibration") else None
+            detectors["ONNX Runtime (int8 static)"] = quantised_detector(onnx_path, resize, calibration, scratch, threads)
 
         sizes = sorted({resize.target_size(*upright_image_size(path)) for path in paths})
         rows = []

@@ -8,6 +8,11 @@ An image of the annotations that the predictions lack counts as one with no dete
 
 predictions=<folder> scores every .csv / .json in it (e.g. the grid that rapidocr_baseline.py
 writes) and prints one row per file, best IoU-hmean first.
+
+predictions=<model.onnx> (with its sidecar, as runners/export.py writes them, float or int8) runs it
+through ``Detector.from_onnx`` on the images first, and prints its seconds per image too:
+
+    python -m benchmarks.score_predictions predictions=outputs/x/checkpoints/best.int8.onnx images=... annotations=...
 """
 
 from __future__ import annotations
@@ -34,6 +39,20 @@ def read_predictions(path: Path) -> dict[str, list[np.ndarray]]:
         name: [np.asarray(word["points"], dtype=np.float64) for word in (entry.get("words") or {}).values()]
         for name, entry in images.items()
     }
+
+
+def onnx_predictions(model: Path, images: Path, samples: list) -> tuple[dict[str, list[np.ndarray]], float]:
+    """{image name: polygons} of an exported model on the samples' images, and its mean seconds per
+    image (read, resize, network, post-processing)."""
+    import time
+
+    from ocr.detector import Detector
+
+    detector = Detector.from_onnx(model)
+    start = time.perf_counter()
+    found = detector.predict([images / s.name for s in samples])
+    seconds = (time.perf_counter() - start) / max(len(samples), 1)
+    return {s.name: list(prediction.polygons) for s, prediction in zip(samples, found)}, seconds
 
 
 def records_of(predictions: dict[str, list[np.ndarray]], samples: list) -> list[tuple]:
@@ -74,7 +93,11 @@ def main(argv: list[str]) -> dict:
     samples = load_samples(own["images"], own["annotations"])
     if Path(own["predictions"]).is_dir():
         return score_folder(Path(own["predictions"]), samples)
-    predictions = read_predictions(Path(own["predictions"]))
+    seconds = None
+    if Path(own["predictions"]).suffix.lower() == ".onnx":
+        predictions, seconds = onnx_predictions(Path(own["predictions"]), Path(own["images"]), samples)
+    else:
+        predictions = read_predictions(Path(own["predictions"]))
     absent = [s.name for s in samples if s.name not in predictions]
     if absent:
         log.warning(
@@ -82,6 +105,8 @@ def main(argv: list[str]) -> dict:
         )
     records = records_of(predictions, samples)
     result = evaluate(records)
+    if seconds is not None:
+        result["seconds per image"] = seconds
     print(f"\n{len(samples)} images of {own['annotations']}; predictions {own['predictions']}")
     print_table(result)
     print_breakdowns(records)

@@ -213,3 +213,25 @@ def test_the_inference_speed_benchmark_runs(text_mask, capsys):
     assert names[0] == "PyTorch (float32)" and "ONNX Runtime (float32)" in names
     assert all(row["seconds"] > 0 and 0 < row["network"] <= row["seconds"] for row in rows if row["network"] is not None)
     assert "| backend | s / image | network |" in capsys.readouterr().out
+
+
+def test_an_onnx_export_is_scored_by_running_it(text_mask, tmp_path):
+    """benchmarks/score_predictions.py predictions=<model.onnx>: the export runs on the images and is
+    scored; annotations made of its own polygons score 1, one word removed from them lowers precision."""
+    import json
+
+    from benchmarks import score_predictions
+
+    _, exported, pages = text_mask
+    found = Detector.from_onnx(exported).predict(pages)
+    words = {r.name: {"words": {f"{i:04d}": {"points": p.tolist()} for i, p in enumerate(r.polygons)}} for r in found}
+    truth = tmp_path / "truth.json"
+    truth.write_text(json.dumps({"images": words}))
+    args = [f"predictions={exported}", f"images={pages}", f"annotations={truth}"]
+    scores = score_predictions.main(args)
+    assert scores["IoU hmean (pooled)"] == 1.0 and scores["seconds per image"] > 0
+    first = found[0].name
+    words[first]["words"].pop(next(iter(words[first]["words"])))
+    truth.write_text(json.dumps({"images": words}))
+    fewer = score_predictions.main(args)
+    assert fewer["IoU recall (pooled)"] == 1.0 and fewer["IoU precision (pooled)"] < 1.0
