@@ -282,6 +282,25 @@ def test_test_run_is_its_own_run_naming_the_model_it_used(server, workspace, onl
     assert_no_key_in(root / "test")
 
 
+def test_export_logs_the_onnx_model_as_an_artifact_linked_to_the_checkpoints(server, workspace, online_fit):
+    """runners/export.py wandb=true: its own run logs model-<trained run>-onnx (model.onnx and its
+    sidecar), whose metadata names the checkpoint's artifact and run."""
+    root, common = workspace
+    trained = server_run(server, "online-fit")["run_id"]
+    checkpoint = next((online_fit["out"] / "checkpoints").glob("epoch*.ckpt"))
+    args = ["wandb=true", "exp_name=online-export", f"checkpoint_path={checkpoint}", f"output={root / 'export' / 'model.onnx'}",
+            f"output_dir={root / 'export-run'}", *common]  # fmt: skip
+    run_script("export.py", args, online_fit["env"])
+    exported = server_run(server, "online-export")
+    artifacts = {a["name"]: a for a in server_artifacts(server, exported["run_id"])}
+    onnx = artifacts[f"model-{trained}-onnx"]
+    assert onnx["artifact_type"] == "model" and onnx["metadata"]["format"] == "onnx"
+    assert onnx["metadata"]["checkpoint_artifact"].split(":")[0].endswith(f"model-{trained}")
+    assert onnx["metadata"]["source_run"].endswith(trained) and onnx["metadata"]["parity_max_abs_diff"] <= 1e-4
+    assert (root / "export" / "model.onnx").is_file() and (root / "export" / "model.onnx.json").is_file()
+    assert_no_key_in(root / "export-run")
+
+
 def test_rescore_run_scores_the_validation_split_with_new_post_processing(server, workspace, online_fit):
     """One trial of configs/sweep/postprocess.yaml, as the W&B agent would start it."""
     root, common = workspace
