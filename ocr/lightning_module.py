@@ -55,8 +55,12 @@ def size_groups(batch: dict[str, Any]) -> Iterator[tuple[list[int], torch.Tensor
     up to a larger neighbour would otherwise reach its right and bottom edges through the
     receptive field, and what it predicts would depend on the batch it came in (validation,
     test, predict, ``benchmarks/accuracy.py`` and :class:`ocr.detector.Detector` would disagree)."""
+    images = batch["image"]
     for (height, width), index in group_by_padded_size(batch["valid_size"]):
-        yield index, batch["image"][index, :, :height, :width]
+        if index == list(range(len(images))) and tuple(images.shape[-2:]) == (height, width):
+            yield index, images  # one size, already cut to it (a batch of one, mostly): no copy
+        else:
+            yield index, images[index, :, :height, :width]
 
 
 def prediction_rows(batch: dict[str, Any], detections: Sequence[Detections]) -> list[dict[str, Any]]:

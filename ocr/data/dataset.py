@@ -113,12 +113,13 @@ def collate_receipts(items: Sequence[dict[str, Any]], multiple: int = NETWORK_MU
     heights = [item["image"].shape[1] for item in items]
     widths = [item["image"].shape[2] for item in items]
     pad_h, pad_w = padded_size(max(heights), max(widths), multiple)
-    batch: dict[str, Any] = {
-        "image": torch.zeros((len(items), 3, pad_h, pad_w), dtype=torch.uint8),
-        "valid_size": [(w, h) for w, h in zip(widths, heights)],
-    }
-    for i, item in enumerate(items):
-        batch["image"][i, :, : heights[i], : widths[i]] = item["image"]
+    batch: dict[str, Any] = {"valid_size": [(w, h) for w, h in zip(widths, heights)]}
+    if len(items) == 1 and (heights[0], widths[0]) == (pad_h, pad_w):
+        batch["image"] = items[0]["image"][None]  # nothing to pad (eval sizes are multiples of 32): no copy
+    else:
+        batch["image"] = torch.zeros((len(items), 3, pad_h, pad_w), dtype=torch.uint8)
+        for i, item in enumerate(items):
+            batch["image"][i, :, : heights[i], : widths[i]] = item["image"]
     if all(key in item for item in items for key in TARGET_KEYS):
         optional = [key for key in OPTIONAL_TARGET_KEYS if all(key in item for item in items)]
         for key in (*TARGET_KEYS, *optional):
