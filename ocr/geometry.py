@@ -43,22 +43,16 @@ def exif_to_upright(points: np.ndarray, orientation: int, raw_size: tuple[int, i
     return np.stack([nx, ny], axis=-1).astype(np.float64)
 
 
+# the orientation that undoes each EXIF orientation (6 and 8 are quarter turns of opposite sense;
+# the flips and the half turn undo themselves)
+INVERSE_ORIENTATION = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}
+
+
 def upright_to_exif(points: np.ndarray, orientation: int, raw_size: tuple[int, int]) -> np.ndarray:
-    """Inverse of :func:`exif_to_upright` (predictions back to the stored JPEG frame)."""
-    w, h = raw_size
-    u, v = points[..., 0], points[..., 1]
-    mapping = {
-        1: (u, v),
-        2: (w - 1 - u, v),
-        3: (w - 1 - u, h - 1 - v),
-        4: (u, h - 1 - v),
-        5: (v, u),
-        6: (v, h - 1 - u),
-        7: (w - 1 - v, h - 1 - u),
-        8: (w - 1 - v, u),
-    }
-    nx, ny = mapping.get(orientation, (u, v))
-    return np.stack([nx, ny], axis=-1).astype(np.float64)
+    """Inverse of :func:`exif_to_upright` (predictions back to the stored JPEG frame): the inverse
+    orientation applied in the upright frame, whose size is ``upright_size(orientation, raw_size)``."""
+    inverse = INVERSE_ORIENTATION.get(orientation, 1)
+    return exif_to_upright(points, inverse, upright_size(orientation, raw_size))
 
 
 def upright_size(orientation: int, raw_size: tuple[int, int]) -> tuple[int, int]:

@@ -176,3 +176,14 @@ def test_split_thresh_leaves_regions_without_two_cores_alone(prob):
 def test_split_thresh_must_lie_above_thresh():
     with pytest.raises(ValueError, match="split_thresh"):
         DBPostProcessor(thresh=0.4, split_thresh=0.3)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_upright_to_exif_undoes_exif_to_upright(orientation):
+    from ocr.geometry import upright_to_exif
+
+    points = np.random.default_rng(orientation).uniform(0, 50, (10, 2))
+    upright = exif_to_upright(points, orientation, (57, 83))
+    assert np.allclose(upright_to_exif(upright, orientation, (57, 83)), points)
+    if orientation != 1:
+        assert not np.allclose(upright, points)  # the mapping did something
