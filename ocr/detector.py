@@ -206,6 +206,20 @@ class TorchNetwork:
             return probability_maps(self.module.prob_logits(images.to(self.device)))
 
 
+def read_export_notes(path: str | os.PathLike, sidecar: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The JSON sidecar of the export at ``path`` (by default ``<path>.json``); an error naming the
+    file when the model or its sidecar is missing."""
+    from ocr.export import sidecar_path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: ONNX model not found; write one with `python runners/export.py checkpoint_path=...`")
+    sidecar = Path(sidecar) if sidecar else sidecar_path(path)
+    if not sidecar.is_file():
+        raise FileNotFoundError(f"{sidecar}: the export's JSON sidecar (sizing and post-processing) not found next to {path}")
+    return json.loads(sidecar.read_text(encoding="utf-8"))
+
+
 class OnnxNetwork:
     """Probability maps from an exported graph (uint8 in, sigmoid probabilities out) in ONNX Runtime."""
 
@@ -277,17 +291,10 @@ class Detector:
         """A model written by ``runners/export.py`` and its sidecar (by default ``<path>.json``) in
         ONNX Runtime on the CPU (every graph optimisation; ``threads``: intra-op threads, by default
         the physical cores)."""
-        from ocr.export import onnx_session, sidecar_path
+        from ocr.export import onnx_session
 
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path}: ONNX model not found; write one with `python runners/export.py checkpoint_path=...`"
-            )
-        sidecar = Path(sidecar) if sidecar else sidecar_path(path)
-        if not sidecar.is_file():
-            raise FileNotFoundError(f"{sidecar}: the export's JSON sidecar (sizing and post-processing) not found next to {path}")
-        notes = json.loads(sidecar.read_text(encoding="utf-8"))
+        notes = read_export_notes(path, sidecar)
         resize, postprocess = build_setting(notes["resize"]), build_setting(notes["postprocess"])
         info = {"onnx_path": str(path), "sidecar": notes, "checkpoint_path": (notes.get("checkpoint") or {}).get("path")}
         return cls(OnnxNetwork(onnx_session(path, threads)), resize, postprocess, info, batch_size)

@@ -332,12 +332,15 @@ def quantize_int8(onnx_path: str | Path, calibration_images: Any, output: str | 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from ocr.detector import Detector, expand_inputs, load_input, network_item
+    from ocr.detector import build_setting, expand_inputs, load_input, network_item, read_export_notes
 
+    if not (isinstance(count, int) and count >= 1):
+        raise ExportError(f"calibration_count={count!r}: must be an integer >= 1")
     onnx_path = Path(onnx_path)
     output = Path(output) if output else int8_output(onnx_path)
-    source = Detector.from_onnx(onnx_path, threads=1)  # checks both files and gives the sizing rule
-    images = [image for image in expand_inputs(calibration_images)][: max(int(count), 1)]
+    notes = read_export_notes(onnx_path)
+    resize = build_setting(notes["resize"])  # calibration pages sized as the export infers
+    images = expand_inputs(calibration_images)[:count]
     if not images:
         raise ExportError(f"quantize=int8 needs calibration images: none found in {calibration_images}")
 
@@ -349,7 +352,7 @@ def quantize_int8(onnx_path: str | Path, calibration_images: Any, output: str | 
             image = next(self.items, None)
             if image is None:
                 return None
-            return {INPUT_NAME: network_item(*load_input(image), resize=source.resize)["image"][None].numpy()}
+            return {INPUT_NAME: network_item(*load_input(image), resize=resize)["image"][None].numpy()}
 
     output.parent.mkdir(parents=True, exist_ok=True)
     model_temporary, sidecar_temporary = _temporary(output), _temporary(sidecar_path(output))
@@ -360,7 +363,6 @@ def quantize_int8(onnx_path: str | Path, calibration_images: Any, output: str | 
             str(prepared), str(model_temporary), Pages(), quant_format=QuantFormat.QOperator, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         )  # fmt: skip
-        notes = json.loads(sidecar_path(onnx_path).read_text(encoding="utf-8"))
         notes["model_file"] = output.name
         notes["quantization"] = {
             "method": "onnxruntime static int8, QOperator: weights int8 per channel, activations uint8",
@@ -489,6 +491,6 @@ def _export(cfg: DictConfig, run: Any | None) -> tuple[Path, Path]:
     if run is not None:
         log_onnx_artifact(run, *paths, checkpoint_path=cfg.checkpoint_path)
     if cfg.get("quantize") == "int8":
-        quantised = quantize_int8(paths[0], cfg.calibration_images, count=int(cfg.get("calibration_count") or 16))
+        quantised = quantize_int8(paths[0], cfg.calibration_images, count=cfg.get("calibration_count", 16))
         print(f"Wrote {quantised[0]} and {quantised[1]}")
     return paths

@@ -83,6 +83,7 @@ RULES = (
     Rule("trainer.check_val_every_n_epoch", "an integer >= 1, or null", positive_int, optional=True),
     Rule("time_budget.minutes", "a number > 0, or null", positive, optional=True),
     Rule("time_budget.calibration_steps", "an integer >= 1", positive_int),
+    Rule("calibration_count", "an integer >= 1", positive_int),
     Rule("render_worst", "an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
     Rule("render_max_side", "an integer >= 0 (0: full size)", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
 )

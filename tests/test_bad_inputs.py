@@ -51,12 +51,13 @@ BAD_SETTINGS = [
     ("train", "datasets.targets.shrink_ratio=1.5", "datasets.targets.shrink_ratio=1.5"),
     ("predict", "lightning_module.tta_scales=[1.0,-1]", "lightning_module.tta_scales=[1.0, -1]"),
     ("test", "metrics.iou_threshold=1.5", "metrics.iou_threshold=1.5"),
+    ("export", "calibration_count=0", "calibration_count=0"),
 ]
 
 
 @pytest.mark.parametrize(("job", "override", "named"), BAD_SETTINGS, ids=[case[1] for case in BAD_SETTINGS])
 def test_a_setting_out_of_range_stops_before_any_work_naming_key_value_and_range(job, override, named):
-    config = {"train": "train", "test": "test", "predict": "predict"}[job]
+    config = {"train": "train", "test": "test", "predict": "predict", "export": "export"}[job]
     extra = [] if job == "train" else ["checkpoint_path=x.ckpt"]
     cfg = compose_config(config, [override, *extra])
     with pytest.raises(SettingsError, match="must be") as error:
