@@ -194,7 +194,11 @@ class TrackedWandbLogger(WandbLogger):
         row_step = getattr(self.experiment, "step", None)  # the history step this row gets
         super().log_metrics(metrics, step)
         if isinstance(row_step, int):
-            row = {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float, Tensor))}
+            row = {
+                key: float(value)
+                for key, value in metrics.items()
+                if isinstance(value, (int, float)) or (isinstance(value, Tensor) and value.numel() == 1)
+            }
             if step is not None:
                 row["trainer/global_step"] = step
             self.journal.append([row_step, row])
