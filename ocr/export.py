@@ -380,17 +380,24 @@ def quantize_int8(onnx_path: str | Path, calibration_images: Any, output: str | 
 
 
 # -- W&B --------------------------------------------------------------------------------------------
+def onnx_artifact_kind(notes: dict[str, Any]) -> str:
+    """``onnx`` for a float export, ``onnx-int8`` for its quantised copy (the sidecar says which)."""
+    return "onnx-int8" if notes.get("quantization") else "onnx"
+
+
 def onnx_artifact_name(notes: dict[str, Any], checkpoint_path: str | Path) -> str:
-    """``<the checkpoint's model artifact>-onnx`` (``model-<run id>-onnx``), or ``model-<stem>-onnx``."""
+    """``<the checkpoint's model artifact>-onnx`` (``model-<run id>-onnx``), or ``model-<stem>-onnx``;
+    ``-onnx-int8`` for a quantised export."""
     from ocr.tracking.artifacts import safe_name
 
     source = ((notes.get("wandb") or {}).get("model_artifact") or "").split("/")[-1].split(":")[0]
-    return safe_name(f"{source or f'model-{Path(checkpoint_path).stem}'}-onnx")
+    return safe_name(f"{source or f'model-{Path(checkpoint_path).stem}'}-{onnx_artifact_kind(notes)}")
 
 
 def log_onnx_artifact(run: Any | None, onnx_path: Path, sidecar_file: Path, checkpoint_path: str | Path) -> Any | None:
     """Log the ONNX model and its sidecar as a W&B ``model`` artifact ``<checkpoint artifact>-onnx``
-    whose metadata names the checkpoint's artifact and run; None without a run or when W&B refuses."""
+    (``-onnx-int8`` for a quantised export, with its calibration in the metadata) whose metadata names
+    the checkpoint's artifact and run; None without a run or when W&B refuses."""
     if run is None:
         return None
     import wandb
@@ -409,6 +416,14 @@ def log_onnx_artifact(run: Any | None, onnx_path: Path, sidecar_file: Path, chec
         "parity_max_abs_diff": (notes.get("parity") or {}).get("max_abs_diff"),
         **(checkpoint.get("metrics") or {}),
     }
+    quantization = notes.get("quantization") or {}
+    if quantization:
+        metadata.update({
+            "quantization": quantization.get("method"),
+            "quantized_from": quantization.get("from_model"),
+            "calibration_images": len(quantization.get("calibration_images") or []),
+        })  # fmt: skip
+    kind = onnx_artifact_kind(notes)
     artifact = wandb.Artifact(
         name=onnx_artifact_name(notes, checkpoint_path),
         type="model",
@@ -417,9 +432,9 @@ def log_onnx_artifact(run: Any | None, onnx_path: Path, sidecar_file: Path, chec
     artifact.add_file(str(onnx_path), name="model.onnx")
     artifact.add_file(str(sidecar_file), name="model.onnx.json")
     try:
-        return run.log_artifact(artifact, aliases=["latest", "onnx"])
+        return run.log_artifact(artifact, aliases=["latest", kind])
     except Exception as error:  # noqa: BLE001  (the files are written: never fail the export for W&B)
-        log.warning("W&B: could not log the ONNX artifact: %s", error)
+        log.warning("W&B: could not log the %s artifact: %s", kind, error)
         return None
 
 
@@ -493,4 +508,6 @@ def _export(cfg: DictConfig, run: Any | None) -> tuple[Path, Path]:
     if cfg.get("quantize") == "int8":
         quantised = quantize_int8(paths[0], cfg.calibration_images, count=cfg.get("calibration_count", 16))
         print(f"Wrote {quantised[0]} and {quantised[1]}")
+        if run is not None:
+            log_onnx_artifact(run, *quantised, checkpoint_path=cfg.checkpoint_path)
     return paths

@@ -217,6 +217,16 @@ def test_the_wandb_artifact_names_the_checkpoints_artifact(tmp_path, tiny_detect
     assert artifact.metadata["checkpoint_artifact"] == "model-abc123" and artifact.metadata["source_run"] == "team/proj/abc123"
     assert artifact.metadata["checkpoint_sha256"] == notes["checkpoint"]["sha256"] and artifact.metadata["val/hmean"] == 0.75
     assert log_onnx_artifact(None, onnx_path, sidecar, checkpoint) is None
+    # a quantised copy (its sidecar has a quantization block) is an artifact of its own
+    int8_path, int8_sidecar = tmp_path / "best.int8.onnx", tmp_path / "best.int8.onnx.json"
+    int8_path.write_bytes(onnx_path.read_bytes())
+    int8_notes = {**notes, "model_file": int8_path.name,
+                  "quantization": {"method": "int8", "from_model": "best.onnx", "calibration_images": ["a.jpg", "b.jpg"]}}  # fmt: skip
+    int8_sidecar.write_text(json.dumps(int8_notes))
+    int8 = log_onnx_artifact(run, int8_path, int8_sidecar, checkpoint)
+    assert run.logged[-1] == (int8, ["latest", "onnx-int8"]) and int8.name.startswith("model-abc123-onnx-int8")
+    assert int8.metadata["quantized_from"] == "best.onnx" and int8.metadata["calibration_images"] == 2
+    assert int8.metadata["checkpoint_artifact"] == "model-abc123"
 
 
 def test_int8_quantisation_writes_a_calibrated_model_close_to_the_float_one(trained, tmp_path):

@@ -283,13 +283,15 @@ def test_test_run_is_its_own_run_naming_the_model_it_used(server, workspace, onl
 
 
 def test_export_logs_the_onnx_model_as_an_artifact_linked_to_the_checkpoints(server, workspace, online_fit):
-    """runners/export.py wandb=true: its own run logs model-<trained run>-onnx (model.onnx and its
-    sidecar), whose metadata names the checkpoint's artifact and run."""
+    """runners/export.py wandb=true quantize=int8: its own run logs model-<trained run>-onnx (model.onnx
+    and its sidecar), whose metadata names the checkpoint's artifact and run, and the int8 copy as
+    model-<trained run>-onnx-int8 with its calibration."""
     root, common = workspace
     trained = server_run(server, "online-fit")["run_id"]
     checkpoint = next((online_fit["out"] / "checkpoints").glob("epoch*.ckpt"))
     args = ["wandb=true", "exp_name=online-export", f"checkpoint_path={checkpoint}", f"output={root / 'export' / 'model.onnx'}",
-            f"output_dir={root / 'export-run'}", *common]  # fmt: skip
+            f"output_dir={root / 'export-run'}", "quantize=int8", f"calibration_images={root / 'data' / 'images' / 'train'}",
+            "calibration_count=2", *common]  # fmt: skip
     run_script("export.py", args, online_fit["env"])
     exported = server_run(server, "online-export")
     artifacts = {a["name"]: a for a in server_artifacts(server, exported["run_id"])}
@@ -298,6 +300,10 @@ def test_export_logs_the_onnx_model_as_an_artifact_linked_to_the_checkpoints(ser
     assert onnx["metadata"]["checkpoint_artifact"].split(":")[0].endswith(f"model-{trained}")
     assert onnx["metadata"]["source_run"].endswith(trained) and onnx["metadata"]["parity_max_abs_diff"] <= 1e-4
     assert (root / "export" / "model.onnx").is_file() and (root / "export" / "model.onnx.json").is_file()
+    int8 = artifacts[f"model-{trained}-onnx-int8"]
+    assert int8["artifact_type"] == "model" and int8["metadata"]["quantized_from"] == "model.onnx"
+    assert int8["metadata"]["calibration_images"] == 2 and int8["metadata"]["checkpoint_artifact"] == onnx["metadata"]["checkpoint_artifact"]
+    assert (root / "export" / "model.int8.onnx").is_file()
     assert_no_key_in(root / "export-run")
 
 
