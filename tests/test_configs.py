@@ -231,6 +231,36 @@ def test_only_the_cpu_recipe_has_a_time_budget():
         assert compose_config("train", [f"preset={preset}"]).time_budget.minutes is None
 
 
+def test_the_gpu_recipe_on_the_pretrained_backbone_swaps_only_the_backbone(tiny_backbone_onnx):
+    """preset=sroie_gpu_ppocr_backbone is preset=sroie_gpu (sizes, batch, decoder, schedule) with
+    PP-OCRv4's backbone and its learning-rate scale: nothing else differs, and the DBNet++ decoder
+    trains on the backbone's features."""
+
+    def leaves(tree, prefix=""):
+        if isinstance(tree, dict):
+            return {key: value for k, v in tree.items() for key, value in leaves(v, f"{prefix}.{k}" if prefix else k).items()}
+        return {prefix: tree}
+
+    gpu = leaves(OmegaConf.to_container(compose_config("train", ["preset=sroie_gpu", "exp_name=x"]), resolve=True))
+    swapped = leaves(OmegaConf.to_container(compose_config("train", ["preset=sroie_gpu_ppocr_backbone", "exp_name=x"]), resolve=True))
+    changed = {k for k in gpu.keys() | swapped.keys() if gpu.get(k, "absent") != swapped.get(k, "absent")}
+    assert changed - {"logger.wandb.name", "output_dir"} == {k for k in changed if k.startswith("models.encoder.")} | {"lightning_module.encoder_lr_scale"}
+    backbone = compose_config("train", ["preset=sroie_ppocr_backbone"])
+    assert swapped["models.encoder._target_"] == backbone.models.encoder._target_
+    assert swapped["lightning_module.encoder_lr_scale"] == backbone.lightning_module.encoder_lr_scale == 0.1
+    assert swapped["crop_size"] == 640 and swapped["datasets.batch_size"] == 16 and swapped["models.decoder.use_asf"] is True
+    cfg = compose_config("train", ["preset=sroie_gpu_ppocr_backbone", f"models.encoder.onnx_path={tiny_backbone_onnx}",
+                                   "models.encoder.feature_names=[f4,f8,f16,f32]"])  # fmt: skip
+    module = build_module(cfg)
+    groups = module.parameter_groups()
+    assert groups[1]["lr"] == pytest.approx(cfg.models.optimizer.lr * 0.1) and "lr" not in groups[0]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in module.model.encoder.parameters()}
+    module.model.train()
+    out = module.model(torch.rand(2, 3, 128, 128), with_threshold=True)
+    (out["prob_logits"].mean() + out["binary_logits"].mean()).backward()
+    assert out["prob_logits"].shape[-2:] == (128, 128)
+
+
 def test_sroie_photo_geometry_keeps_the_whole_page_and_each_word_on_its_ink():
     """preset=sroie_photo's page perspective and rotation (every draw forced) keep every word in the
     frame (fit_output) and move each polygon with its own black ink, not onto the paper or the
