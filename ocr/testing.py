@@ -38,6 +38,13 @@ def write_split(root: Path, split: str, images: dict[str, dict], size=(200, 120)
     return image_dir, json_path
 
 
+def config_leaves(tree, prefix: str = "") -> dict:
+    """A nested config (``OmegaConf.to_container``) as ``{"a.b.c": leaf}``: presets compared key by key."""
+    if isinstance(tree, dict):
+        return {key: value for k, v in tree.items() for key, value in config_leaves(v, f"{prefix}.{k}" if prefix else str(k)).items()}
+    return {prefix: tree}
+
+
 def tiny_run_overrides(root: Path) -> list[str]:
     """Hydra overrides for end-to-end runner tests: a 4/2/3-image synthetic set under ``root``,
     256-pixel pages, a narrow decoder, no DataLoader workers."""

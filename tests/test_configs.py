@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from ocr.config import CONFIG_DIR, compose_config
 from ocr.data.transforms import PolygonAugment
 from ocr.factory import build_datamodule, build_model, build_module
-from ocr.testing import rect
+from ocr.testing import config_leaves, rect
 
 PRESETS = sorted(p.stem for p in Path(CONFIG_DIR, "preset").glob("*.yaml"))
 
@@ -235,14 +235,8 @@ def test_the_gpu_recipe_on_the_pretrained_backbone_swaps_only_the_backbone(tiny_
     """preset=sroie_gpu_ppocr_backbone is preset=sroie_gpu (sizes, batch, decoder, schedule) with
     PP-OCRv4's backbone and its learning-rate scale: nothing else differs, and the DBNet++ decoder
     trains on the backbone's features."""
-
-    def leaves(tree, prefix=""):
-        if isinstance(tree, dict):
-            return {key: value for k, v in tree.items() for key, value in leaves(v, f"{prefix}.{k}" if prefix else k).items()}
-        return {prefix: tree}
-
-    gpu = leaves(OmegaConf.to_container(compose_config("train", ["preset=sroie_gpu", "exp_name=x"]), resolve=True))
-    swapped = leaves(OmegaConf.to_container(compose_config("train", ["preset=sroie_gpu_ppocr_backbone", "exp_name=x"]), resolve=True))
+    gpu = config_leaves(OmegaConf.to_container(compose_config("train", ["preset=sroie_gpu", "exp_name=x"]), resolve=True))
+    swapped = config_leaves(OmegaConf.to_container(compose_config("train", ["preset=sroie_gpu_ppocr_backbone", "exp_name=x"]), resolve=True))
     changed = {k for k in gpu.keys() | swapped.keys() if gpu.get(k, "absent") != swapped.get(k, "absent")}
     assert changed - {"logger.wandb.name", "output_dir"} == {k for k in changed if k.startswith("models.encoder.")} | {"lightning_module.encoder_lr_scale"}
     backbone = compose_config("train", ["preset=sroie_ppocr_backbone"])

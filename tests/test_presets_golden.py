@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from ocr.checkpoints import MOVED_TARGETS, with_current_targets
 from ocr.config import CONFIG_DIR, compose_config
+from ocr.testing import config_leaves
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "presets.json").read_text())
 # Machine- or time-dependent: the run name's timestamp and the numerics that follow the hardware
@@ -29,15 +30,9 @@ REMOVED = {"checkpoint.save_last", "datasets.missing_image"}  # now callbacks.la
 REMOVED_IN = {("sroie_ppocr_backbone", "models.encoder.channels")}
 
 
-def leaves(tree, prefix=""):
-    if isinstance(tree, dict):
-        return {key: value for k, v in tree.items() for key, value in leaves(v, f"{prefix}.{k}" if prefix else str(k)).items()}
-    return {prefix: tree}
-
-
 def resolved_leaves(preset: str) -> dict:
     cfg = compose_config("train", [f"preset={preset}", "exp_name=golden"])
-    return {k: v for k, v in leaves(OmegaConf.to_container(cfg, resolve=True)).items() if k not in VOLATILE}
+    return {k: v for k, v in config_leaves(OmegaConf.to_container(cfg, resolve=True)).items() if k not in VOLATILE}
 
 
 def test_every_preset_has_a_golden_record():
