@@ -421,7 +421,7 @@ def log_onnx_artifact(run: Any | None, onnx_path: Path, sidecar_file: Path, chec
         metadata.update({
             "quantization": quantization.get("method"),
             "quantized_from": quantization.get("from_model"),
-            "calibration_images": len(quantization.get("calibration_images") or []),
+            "calibration_count": len(quantization.get("calibration_images") or []),
         })  # fmt: skip
     kind = onnx_artifact_kind(notes)
     artifact = wandb.Artifact(

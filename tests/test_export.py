@@ -225,7 +225,7 @@ def test_the_wandb_artifact_names_the_checkpoints_artifact(tmp_path, tiny_detect
     int8_sidecar.write_text(json.dumps(int8_notes))
     int8 = log_onnx_artifact(run, int8_path, int8_sidecar, checkpoint)
     assert run.logged[-1] == (int8, ["latest", "onnx-int8"]) and int8.name.startswith("model-abc123-onnx-int8")
-    assert int8.metadata["quantized_from"] == "best.onnx" and int8.metadata["calibration_images"] == 2
+    assert int8.metadata["quantized_from"] == "best.onnx" and int8.metadata["calibration_count"] == 2
     assert int8.metadata["checkpoint_artifact"] == "model-abc123"
 
 

@@ -302,7 +302,7 @@ def test_export_logs_the_onnx_model_as_an_artifact_linked_to_the_checkpoints(ser
     assert (root / "export" / "model.onnx").is_file() and (root / "export" / "model.onnx.json").is_file()
     int8 = artifacts[f"model-{trained}-onnx-int8"]
     assert int8["artifact_type"] == "model" and int8["metadata"]["quantized_from"] == "model.onnx"
-    assert int8["metadata"]["calibration_images"] == 2 and int8["metadata"]["checkpoint_artifact"] == onnx["metadata"]["checkpoint_artifact"]
+    assert int8["metadata"]["calibration_count"] == 2 and int8["metadata"]["checkpoint_artifact"] == onnx["metadata"]["checkpoint_artifact"]
     assert (root / "export" / "model.int8.onnx").is_file()
     assert_no_key_in(root / "export-run")
 
