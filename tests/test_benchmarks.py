@@ -207,3 +207,71 @@ def test_perturbed_copy_moves_the_words_with_the_pixels(tmp_path):
     again = perturb_folder(image_dir, json_path, tmp_path / "again", rotate=10, perspective=0.05, seed=3)
     assert again == data
     assert (tmp_path / "again" / "images" / "page.jpg").read_bytes() == (tmp_path / "photo" / "images" / "page.jpg").read_bytes()
+
+
+def test_ensemble_averages_weights_and_names_a_checkpoint_of_another_network():
+    import torch
+
+    from benchmarks.ensemble import average_state_dicts
+
+    first = {"w": torch.tensor([1.0, 3.0]), "bn.num_batches_tracked": torch.tensor(7)}
+    second = {"w": torch.tensor([3.0, 5.0]), "bn.num_batches_tracked": torch.tensor(9)}
+    mean = average_state_dicts([first, second], ["a.ckpt", "b.ckpt"])
+    assert mean["w"].tolist() == [2.0, 4.0]
+    assert mean["bn.num_batches_tracked"].item() == 7  # step counts are not averaged
+    with pytest.raises(ValueError, match="b.ckpt: not the same network as a.ckpt"):
+        average_state_dicts([first, {**second, "w": torch.zeros(3)}], ["a.ckpt", "b.ckpt"])
+
+
+def test_ensemble_of_maps_decodes_the_mean_probability(monkeypatch):
+    """Two networks that each see one of two words at 0.9: the averaged map holds both at 0.45."""
+    import torch
+
+    from benchmarks import ensemble
+
+    maps = {"a": torch.tensor([[0.9, 0.0]]), "b": torch.tensor([[0.0, 0.9]])}
+    batch = {"name": ["page.jpg"], "gt_polygons": [[]], "gt_ignore": [[]], "gt_texts": [[]]}
+    monkeypatch.setattr(ensemble, "network_outputs", lambda cfg, module, data: iter([(batch, torch.logit(maps[module]), 0.1)]))
+    decoded = []
+
+    class First(str):
+        def decode(self, logits, batch):
+            decoded.append(torch.sigmoid(logits))
+            return [type("Found", (), {"polygons": []})()]
+
+    records = ensemble.averaged_map_records([(None, First("a"), None), (None, "b", None)], ["a.ckpt", "b.ckpt"])
+    assert records == [("page.jpg", [], [], [], [])]
+    assert torch.allclose(decoded[0], torch.tensor([[0.45, 0.45]]), atol=1e-5)
+    maps["b"] = torch.full((2, 2), 0.5)
+    with pytest.raises(ValueError, match=r"b.ckpt: its map of page.jpg is \(2, 2\), the first checkpoint's \(1, 2\)"):
+        ensemble.averaged_map_records([(None, First("a"), None), (None, "b", None)], ["a.ckpt", "b.ckpt"])
+
+
+def test_ensemble_of_one_checkpoint_twice_scores_as_the_checkpoint(tmp_path, capsys):
+    """The whole command on a real (tiny, untrained) checkpoint: averaging a network with itself,
+    by weights or by maps, scores exactly as benchmarks.accuracy scores it alone. At threshold 0
+    the untrained map finds one region per page, which the page-wide word matches."""
+    import torch
+
+    from benchmarks import accuracy, ensemble
+    from ocr.config import compose_config
+    from ocr.factory import build_module
+    from ocr.testing import tiny_run_overrides
+
+    images = {f"{i}.jpg": {"words": {"0001": {"points": rect(0, 0, 200, 120)}}} for i in range(2)}
+    image_dir, json_path = write_split(tmp_path, "val", images)
+    torch.manual_seed(0)
+    module = build_module(compose_config("train", tiny_run_overrides(tmp_path)))
+    checkpoint = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": module.state_dict(), "ocr_config": module.run_config}, checkpoint)
+    common = [f"images={image_dir}", f"annotations={json_path}", "device=cpu",
+              "models.postprocess.thresh=0.0", "models.postprocess.box_thresh=0.0"]
+    alone = accuracy.main([f"checkpoint_path={checkpoint}", *common])
+    assert alone["IoU hmean (pooled)"] == 1.0
+    del alone["seconds per image"]
+    for average in ("weights", "maps"):
+        together = ensemble.main([f"checkpoints={checkpoint},{checkpoint}", f"average={average}", *common])
+        assert together == pytest.approx(alone, abs=1e-6)
+        assert f"2 checkpoints, {average} averaged" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="name two or more"):
+        ensemble.main([f"checkpoints={checkpoint}", "average=maps", *common])
