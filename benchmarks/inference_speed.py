@@ -54,7 +54,9 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 pages, one timed pass (default: 8 pages, best of 3 passes)")
     parser.add_argument("--int8", action="store_true", help="also ONNX Runtime on int8-quantised exports")
-    parser.add_argument("options", nargs="*", help="checkpoint_path=... images=DIR image_size=1600 threads=N pages=N calibration=DIR")
+    parser.add_argument(
+        "options", nargs="*", help="checkpoint_path=... images=DIR image_size=1600 threads=N pages=N calibration=DIR"
+    )
     args = parser.parse_args(argv)
     known = {"checkpoint_path", "images", "image_size", "threads", "pages", "calibration"}
     options = {}

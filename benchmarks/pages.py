@@ -26,7 +26,9 @@ def make_page(width: int, height: int, num_words: int, seed: int = 0) -> tuple[n
             word_w = float(rng.uniform(30, 140))
             angle = np.deg2rad(rng.uniform(-3, 3)) if rng.random() < 0.3 else 0.0
             cx, cy = x + word_w / 2, y + word_h / 2
-            corners = np.array([[-word_w / 2, -word_h / 2], [word_w / 2, -word_h / 2], [word_w / 2, word_h / 2], [-word_w / 2, word_h / 2]])
+            corners = np.array(
+                [[-word_w / 2, -word_h / 2], [word_w / 2, -word_h / 2], [word_w / 2, word_h / 2], [-word_w / 2, word_h / 2]]
+            )
             rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
             polygon = corners @ rotation.T + [cx, cy]
             polygons.append(polygon)

@@ -41,7 +41,7 @@ def inside_polygon(xs: np.ndarray, ys: np.ndarray, polygon: np.ndarray) -> np.nd
     return inside
 
 
-def reference_db_targets(shape, polygons, ignore=None, config: TargetConfig = TargetConfig()) -> dict[str, np.ndarray]:
+def reference_db_targets(shape, polygons, ignore=None, config: TargetConfig = TargetConfig()) -> dict[str, np.ndarray]:  # noqa: B008
     height, width = shape
     shrink_map = np.zeros(shape, dtype=np.float32)
     shrink_mask = np.ones(shape, dtype=np.float32)
@@ -80,4 +80,9 @@ def reference_db_targets(shape, polygons, ignore=None, config: TargetConfig = Ta
         threshold_mask[window][inside | (d <= distance + tolerance)] = 1
         threshold_dist[window] = np.fmax(threshold_dist[window], 1.0 - np.minimum(d / distance, 1.0))
     threshold_map = (config.thresh_min + (config.thresh_max - config.thresh_min) * threshold_dist).astype(np.float32)
-    return {"shrink_map": shrink_map, "shrink_mask": shrink_mask, "threshold_map": threshold_map, "threshold_mask": threshold_mask}
+    return {
+        "shrink_map": shrink_map,
+        "shrink_mask": shrink_mask,
+        "threshold_map": threshold_map,
+        "threshold_mask": threshold_mask,
+    }

@@ -91,24 +91,27 @@ def main() -> None:
         label = f"{width}x{height}"
         image, polygons = make_page(width, height, words, seed=width)
         shape = (height, width)
-        ours = timed(lambda: make_db_targets(shape, polygons), repeats)
-        reference = timed(lambda: reference_db_targets(shape, polygons), max(3, repeats // 2))
+        ours = timed(lambda shape=shape, polygons=polygons: make_db_targets(shape, polygons), repeats)
+        reference = timed(lambda shape=shape, polygons=polygons: reference_db_targets(shape, polygons), max(3, repeats // 2))
         add(f"target maps, ours ({words} words)", label, f"{ours:.1f} ms/image")
         add("target maps, reference per-edge loop", label, f"{reference:.1f} ms/image")
         add("target maps speed-up (reference / ours)", label, f"{reference / ours:.1f}x")
 
-        add("augmentation pipeline (example preset)", label, f"{timed(lambda: augment(image, polygons, [False] * len(polygons)), repeats):.1f} ms/image")
+        augment_ms = timed(lambda image=image, polygons=polygons: augment(image, polygons, [False] * len(polygons)), repeats)
+        add("augmentation pipeline (example preset)", label, f"{augment_ms:.1f} ms/image")
 
         # a probability map like a trained model's: the GT kernels, blurred
         prob = cv2.GaussianBlur(make_db_targets(shape, polygons)["shrink_map"], (5, 5), 1.5)
         boxes = max(len(postprocess(prob).polygons), 1)
-        post_ms = timed(lambda: postprocess(prob), repeats)
+        post_ms = timed(lambda prob=prob: postprocess(prob), repeats)
         # the settings the first version had (later ones, e.g. split_thresh, are off by default)
         shared = postprocess.__dataclass_fields__.keys() & ReferenceDBPostProcessor.__dataclass_fields__.keys()
         before = ReferenceDBPostProcessor(**{k: getattr(postprocess, k) for k in shared})
-        before_ms = timed(lambda: before(prob), repeats)
+        before_ms = timed(lambda before=before, prob=prob: before(prob), repeats)
         add(f"post-processing ({boxes} boxes)", label, f"{post_ms:.1f} ms/image, {post_ms / boxes:.4f} ms/box")
-        add("post-processing, first version (reference)", label, f"{before_ms:.1f} ms/image, {before_ms / boxes:.4f} ms/box")
+        add(
+            "post-processing, first version (reference)", label, f"{before_ms:.1f} ms/image, {before_ms / boxes:.4f} ms/box"
+        )
 
     # metrics on 100 GT x 100 detections
     _, gt = make_page(1024, 1024, 100, seed=1)
@@ -126,15 +129,23 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         root = build_synthetic_dataset(Path(folder), num_train=48, num_val=1, num_test=1, seed=3)
-        dataset = ReceiptDataset(root / "images" / "train", root / "jsons" / "train.json", augment=augment, targets=instantiate(cfg.datasets.targets))
+        dataset = ReceiptDataset(
+            root / "images" / "train", root / "jsons" / "train.json", augment=augment, targets=instantiate(cfg.datasets.targets)
+        )
         for workers in (0, 1, 2):
-            loader = torch.utils.data.DataLoader(dataset, batch_size=8, num_workers=workers, collate_fn=collate_receipts, persistent_workers=workers > 0)
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=8, num_workers=workers, collate_fn=collate_receipts, persistent_workers=workers > 0
+            )
             iterator = iter(loader)
             next(iterator)  # start-up (worker spawn) is not throughput
             start, count = time.perf_counter(), 0
             for batch in iterator:
                 count += batch["image"].shape[0]
-            add(f"DataLoader, batch 8, {workers} workers", f"crop {cfg.crop_size}", f"{count / (time.perf_counter() - start):.1f} images/s")
+            add(
+                f"DataLoader, batch 8, {workers} workers",
+                f"crop {cfg.crop_size}",
+                f"{count / (time.perf_counter() - start):.1f} images/s",
+            )
 
     # the model: example preset (bf16 autocast + channels_last on CPU)
     from ocr.factory import build_module
@@ -143,7 +154,10 @@ def main() -> None:
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
     size, batch_size = cfg.crop_size, cfg.datasets.batch_size
     images = torch.randint(0, 255, (batch_size, 3, size, size), dtype=torch.uint8)
-    targets = {k: (torch.rand(batch_size, size, size) > 0.9).float() for k in ("shrink_map", "shrink_mask", "threshold_map", "threshold_mask")}
+    targets = {
+        k: (torch.rand(batch_size, size, size) > 0.9).float()
+        for k in ("shrink_map", "shrink_mask", "threshold_map", "threshold_mask")
+    }
     dtype = torch.bfloat16 if "bf16" in str(cfg.trainer.precision) else None
 
     def train_step():
@@ -156,7 +170,11 @@ def main() -> None:
 
     module.train()
     step_ms = timed(train_step, max(2, repeats // 2))
-    add(f"model forward+backward, batch {batch_size} ({cfg.trainer.precision})", f"{size}x{size}", f"{step_ms:.0f} ms/step = {batch_size * 1000 / step_ms:.1f} images/s")
+    add(
+        f"model forward+backward, batch {batch_size} ({cfg.trainer.precision})",
+        f"{size}x{size}",
+        f"{step_ms:.0f} ms/step = {batch_size * 1000 / step_ms:.1f} images/s",
+    )
     module.eval()
     page = torch.randint(0, 255, (1, 3, cfg.image_size, 448), dtype=torch.uint8)
 

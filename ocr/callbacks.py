@@ -108,8 +108,9 @@ class CheckpointRunInfo(Callback):
 
 class PredictionCollector(Callback):
     """The detections of a test or predict run, one row per image as
-    :func:`ocr.submission.write_submission` writes them. At the end of the run the rows of all processes are merged, while the process
-    group is still up, so that every process holds every image (each saw only its shard)."""
+    :func:`ocr.submission.write_submission` writes them. At the end of the run the rows of all processes
+    are merged, while the process group is still up, so that every process holds every image (each saw
+    only its shard)."""
 
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []

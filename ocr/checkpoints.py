@@ -76,7 +76,9 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint", mmap: bool = Fal
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as error:  # a damaged archive fails in many ways inside torch
-        raise CheckpointError(f"{path}: {what} could not be read ({type(error).__name__}: {error}); expected {expected}") from error
+        raise CheckpointError(
+            f"{path}: {what} could not be read ({type(error).__name__}: {error}); expected {expected}"
+        ) from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: {what} holds no state_dict (not a Lightning checkpoint); expected {expected}")
     return checkpoint

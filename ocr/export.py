@@ -321,7 +321,9 @@ def int8_output(onnx_path: str | Path) -> Path:
     return onnx_path.with_name(f"{onnx_path.stem}.int8{onnx_path.suffix}")
 
 
-def quantize_int8(onnx_path: str | Path, calibration_images: Any, output: str | Path | None = None, count: int = 16) -> tuple[Path, Path]:
+def quantize_int8(
+    onnx_path: str | Path, calibration_images: Any, output: str | Path | None = None, count: int = 16
+) -> tuple[Path, Path]:
     """Quantise an export to int8 with ONNX Runtime's static quantisation (QOperator; weights int8
     per channel, activations uint8, ranges calibrated by running the float model on up to ``count``
     of ``calibration_images``: a folder, a file or a list, receipts like those it will see, sized by
@@ -375,7 +377,10 @@ def quantize_int8(onnx_path: str | Path, calibration_images: Any, output: str | 
     finally:
         for path in (model_temporary, sidecar_temporary, prepared):
             path.unlink(missing_ok=True)
-    log.info("Quantised %s to int8: %s (%.1f MB), calibrated on %d images", onnx_path.name, output, output.stat().st_size / 1e6, len(images))
+    log.info(
+        "Quantised %s to int8: %s (%.1f MB), calibrated on %d images",
+        onnx_path.name, output, output.stat().st_size / 1e6, len(images),
+    )
     return output, sidecar_path(output)
 
 

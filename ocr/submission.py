@@ -150,7 +150,9 @@ def write_files_atomically(contents: dict[Path, str]) -> None:
         for temporary, path in staged:
             os.replace(temporary, path)
     except OSError as error:
-        raise OSError(f"could not write {', '.join(str(p) for p in contents)}: {error}; the previous files are unchanged") from error
+        raise OSError(
+            f"could not write {', '.join(str(p) for p in contents)}: {error}; the previous files are unchanged"
+        ) from error
     finally:
         for temporary, _ in staged:
             temporary.unlink(missing_ok=True)
@@ -178,6 +180,9 @@ def write_submission(
     folder = Path(folder)
     paths = {"json": folder / f"{name}.json", "csv": folder / f"{name}.csv"}
     # both texts are built (and the CSV validated) before anything touches the disk
-    contents = {paths["json"]: predictions_json_text(predictions), paths["csv"]: submission_csv_text(predictions, expected_images)}
+    contents = {
+        paths["json"]: predictions_json_text(predictions),
+        paths["csv"]: submission_csv_text(predictions, expected_images),
+    }
     write_files_atomically(contents)
     return paths

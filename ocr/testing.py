@@ -41,7 +41,9 @@ def write_split(root: Path, split: str, images: dict[str, dict], size=(200, 120)
 def config_leaves(tree, prefix: str = "") -> dict:
     """A nested config (``OmegaConf.to_container``) as ``{"a.b.c": leaf}``: presets compared key by key."""
     if isinstance(tree, dict):
-        return {key: value for k, v in tree.items() for key, value in config_leaves(v, f"{prefix}.{k}" if prefix else str(k)).items()}
+        return {
+            key: value for k, v in tree.items() for key, value in config_leaves(v, f"{prefix}.{k}" if prefix else str(k)).items()
+        }
     return {prefix: tree}
 
 
@@ -82,7 +84,9 @@ def write_tiny_detector_onnx(
         for name, value in (("bn.scale", 2.0), ("bn.shift", 0.1), ("bn.mean", 0.0), ("bn.var", 1.0)):
             nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array([value], np.float32))))
         nodes[2].output[0] = "conv_out"
-        nodes.append(helper.make_node("BatchNormalization", ["conv_out", "bn.scale", "bn.shift", "bn.mean", "bn.var"], ["logits"]))
+        nodes.append(
+            helper.make_node("BatchNormalization", ["conv_out", "bn.scale", "bn.shift", "bn.mean", "bn.var"], ["logits"])
+        )
     if final_sigmoid:
         nodes.append(helper.make_node("Sigmoid", ["logits"], ["probabilities"]))
     graph = helper.make_graph(

@@ -76,7 +76,12 @@ RULES = (
     Rule("models.optimizer.lr", "a number > 0", positive),
     Rule("metrics.iou_threshold", "a number in (0, 1)", in_open_unit),
     Rule("lightning_module.encoder_lr_scale", "a number >= 0", non_negative),
-    Rule("lightning_module.tta_scales", "a list of numbers > 0, or null", lambda v: isinstance(v, list) and len(v) > 0 and all(positive(s) for s in v), optional=True),
+    Rule(
+        "lightning_module.tta_scales",
+        "a list of numbers > 0, or null",
+        lambda v: isinstance(v, list) and len(v) > 0 and all(positive(s) for s in v),
+        optional=True,
+    ),
     Rule("checkpoint.mode", "min or max", lambda v: v in ("min", "max")),
     Rule("checkpoint.save_top_k", "an integer >= -1", lambda v: isinstance(v, int) and v >= -1),
     Rule("checkpoint.every_n_train_steps", "an integer >= 1, or null", positive_int, optional=True),
@@ -85,11 +90,17 @@ RULES = (
     Rule("time_budget.calibration_steps", "an integer >= 1", positive_int),
     Rule("calibration_count", "an integer >= 1", positive_int),
     Rule("render_worst", "an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
-    Rule("render_max_side", "an integer >= 0 (0: full size)", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    Rule(
+        "render_max_side", "an integer >= 0 (0: full size)", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    ),
 )
 # training only: a run that would train nothing, or from nothing
 TRAIN_RULES = (
-    Rule("trainer.max_epochs", "an integer >= 1 (or -1 with trainer.max_steps)", lambda v: isinstance(v, int) and (v >= 1 or v == -1)),
+    Rule(
+        "trainer.max_epochs",
+        "an integer >= 1 (or -1 with trainer.max_steps)",
+        lambda v: isinstance(v, int) and (v >= 1 or v == -1),
+    ),
 )
 
 
@@ -108,7 +119,9 @@ def settings_errors(cfg: DictConfig, job: str) -> list[str]:
             errors.append(f"{rule.key}={value!r}: must be {rule.allowed}")
     targets = cfg.get("datasets", {}).get("targets") or {}
     if all(_number(targets.get(k)) for k in ("thresh_min", "thresh_max")) and targets.thresh_min >= targets.thresh_max:
-        errors.append(f"datasets.targets.thresh_min={targets.thresh_min} >= thresh_max={targets.thresh_max}: min must be below max")
+        errors.append(
+            f"datasets.targets.thresh_min={targets.thresh_min} >= thresh_max={targets.thresh_max}: min must be below max"
+        )
     post = cfg.get("models", {}).get("postprocess") or {}
     if _number(post.get("split_thresh")) and _number(post.get("thresh")) and not post.thresh < post.split_thresh:
         errors.append(f"models.postprocess.split_thresh={post.split_thresh}: must be above thresh ({post.thresh})")
@@ -126,7 +139,9 @@ def validate_settings(cfg: DictConfig, job: str) -> None:
     crop = cfg.get("crop_size")
     if positive_int(crop) and crop % NETWORK_MULTIPLE:
         rounded = round_to_multiple(crop)
-        log.warning("crop_size=%d is not a multiple of %d (the FPN halves it five times): using %d", crop, NETWORK_MULTIPLE, rounded)
+        log.warning(
+            "crop_size=%d is not a multiple of %d (the FPN halves it five times): using %d", crop, NETWORK_MULTIPLE, rounded
+        )
         with open_dict(cfg):
             cfg.crop_size = rounded
     size = cfg.get("image_size")

@@ -26,6 +26,7 @@ from ocr.geometry import EXIF_ORIENTATION_TAG
 from ocr.submission import build_rows, read_submission_csv
 from ocr.testing import ROOT, run_runner, tiny_run_overrides, write_tiny_detector_onnx
 
+
 def readme_snippet() -> str:
     """README.md's API example: the first ```python block that starts with `from ocr import Detector`."""
     blocks = re.findall(r"```python\n(from ocr import Detector\n.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.S)

@@ -247,7 +247,7 @@ def test_a_pretrained_ppocr_backbone_trains_under_the_dbnet_head_and_is_rebuilt_
     # trained: the backbone's weights moved from the ONNX file's
     first = [v for k, v in backbone.items() if tuple(v.shape) == weights["f4"].shape][0]
     assert not np.allclose(first.numpy(), weights["f4"])
-    result = run_runner("predict.py", f"checkpoint_path={checkpoint}", f"output_dir={root / 'backbone_pred'}", *common)
+    run_runner("predict.py", f"checkpoint_path={checkpoint}", f"output_dir={root / 'backbone_pred'}", *common)
     assert len(read_submission_csv(root / "backbone_pred" / "submissions" / "submission.csv")) == 3
 
 

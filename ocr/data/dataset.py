@@ -43,7 +43,7 @@ class ReceiptDataset(Dataset):
         annotation_path: str | Path | None = None,
         augment: PolygonAugment | None = None,
         resize: ResizeForEval | None = None,
-        targets: TargetConfig | None = TargetConfig(),
+        targets: TargetConfig | None = TargetConfig(),  # noqa: B008
         invalid_polygon: str = "skip",
         bad_image: str = "error",
         *,

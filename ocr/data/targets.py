@@ -196,7 +196,9 @@ def _rasterize(  # pragma: no cover
                     threshold_row[col] = value
 
 
-def classify(polygons: list[np.ndarray | None], ignore: np.ndarray, config: TargetConfig) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+def classify(
+    polygons: list[np.ndarray | None], ignore: np.ndarray, config: TargetConfig
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Usable polygons, their offset ``D`` and kind (TEXT or IGNORED)."""
     kept = [(p, bool(i)) for p, i in zip(polygons, ignore) if p is not None]
     shapes = [p for p, _ in kept]

@@ -53,7 +53,9 @@ class ResizeForEval:
         scale = resize_scale(width, height, self.image_size, self.mode, self.long_side_cap)
         return round_to_multiple(width * scale, self.multiple), round_to_multiple(height * scale, self.multiple)
 
-    def __call__(self, image: np.ndarray, polygons: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray], tuple[float, float]]:
+    def __call__(
+        self, image: np.ndarray, polygons: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray], tuple[float, float]]:
         height, width = image.shape[:2]
         new_w, new_h = self.target_size(width, height)
         scale = (new_w / width, new_h / height)

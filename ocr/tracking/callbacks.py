@@ -203,10 +203,14 @@ class WandbBestSummary(Callback):
 
     # kept in checkpoints: a resumed run carries its best values and training time on
     def state_dict(self) -> dict[str, Any]:
-        return {"best": {k: list(v) for k, v in self.best.items()}, "best_epoch": self.best_epoch, "training_time": self.training_time()}
+        return {
+            "best": {k: list(v) for k, v in self.best.items()},
+            "best_epoch": self.best_epoch,
+            "training_time": self.training_time(),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        for metric, (mode, best) in (state_dict.get("best") or {}).items():
+        for metric, (_mode, best) in (state_dict.get("best") or {}).items():
             if metric in self.best:
                 self.best[metric][1] = best
         self.best_epoch = state_dict.get("best_epoch")
