@@ -48,8 +48,10 @@ from ocr.metrics.errors import MatchErrors, match_errors
 from ocr.models.postprocess import Detections
 
 
-def parse(argv: list[str], doc: str = __doc__) -> tuple[dict[str, str], list[str]]:
-    own = {"checkpoint_path": None, "images": None, "annotations": None, "device": "auto"}
+def parse(argv: list[str], doc: str = __doc__, defaults: dict[str, str | None] | None = None) -> tuple[dict[str, str], list[str]]:
+    """The benchmark's own ``key=value`` arguments (``defaults``: their names and defaults, None where
+    required) and the rest as Hydra overrides; exits with ``doc`` when a required one is missing."""
+    own = dict(defaults or {"checkpoint_path": None, "images": None, "annotations": None, "device": "auto"})
     overrides = []
     for arg in argv:
         key, _, value = arg.partition("=")

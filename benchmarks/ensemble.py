@@ -21,23 +21,15 @@ from typing import Any
 
 import torch
 
+from benchmarks import accuracy
 from benchmarks.accuracy import describe, evaluate, load, network_outputs, print_breakdowns, print_table, record
 
 AVERAGES = ("weights", "maps")
 
 
 def parse(argv: list[str]) -> tuple[list[str], dict[str, str], list[str]]:
-    own = {"checkpoints": None, "images": None, "annotations": None, "average": None, "device": "auto"}
-    overrides = []
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        if key in own:
-            own[key] = value
-        else:
-            overrides.append(arg)
-    missing = [k for k, v in own.items() if not v]
-    if missing:
-        raise SystemExit(f"missing {', '.join(f'{k}=...' for k in missing)}\n\n{__doc__}")
+    defaults = {"checkpoints": None, "images": None, "annotations": None, "average": None, "device": "auto"}
+    own, overrides = accuracy.parse(argv, __doc__, defaults)
     if own["average"] not in AVERAGES:
         raise SystemExit(f"average={own['average']}: expected one of {', '.join(AVERAGES)}")
     checkpoints = [path for path in own["checkpoints"].split(",") if path]
