@@ -275,3 +275,19 @@ def test_ensemble_of_one_checkpoint_twice_scores_as_the_checkpoint(tmp_path, cap
         assert f"2 checkpoints, {average} averaged" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="name two or more"):
         ensemble.main([f"checkpoints={checkpoint}", "average=maps", *common])
+
+
+def test_kernel_ceiling_decodes_the_training_kernels_as_a_perfect_networks_map(truth, capsys):
+    from benchmarks import kernel_ceiling
+
+    image_dir, json_path, _ = truth
+    args = [f"images={image_dir}", f"annotations={json_path}"]
+    results = kernel_ceiling.main([*args, "grid.box_unclip_ratio=1.5,0.2"])
+    # DBNet's kernels (shrink ratio 0.4) grown back at its unclip ratio give back every word; grown
+    # back far too little, every box is a sliver of its word (IoU < 0.5)
+    assert [ratio for ratio, _ in results] == [1.5, 0.2]
+    assert results[0][1]["IoU hmean (pooled)"] == 1.0
+    assert results[1][1]["IoU hmean (pooled)"] == 0.0
+    assert "kernels at shrink ratio 0.4" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="thresh"):
+        kernel_ceiling.main([*args, "grid.thresh=0.3"])
