@@ -27,19 +27,25 @@ def exif_to_upright(points: np.ndarray, orientation: int, raw_size: tuple[int, i
     ``raw_size`` is the stored (width, height); pixel centres sit on integer coordinates,
     so a flip maps ``x`` to ``width - 1 - x``.
     """
+    if orientation not in (2, 3, 4, 5, 6, 7, 8):  # upright already (1, or no tag): the common case
+        return np.array(points[..., :2], dtype=np.float64)
     w, h = raw_size
     x, y = points[..., 0], points[..., 1]
-    mapping = {
-        1: (x, y),
-        2: (w - 1 - x, y),
-        3: (w - 1 - x, h - 1 - y),
-        4: (x, h - 1 - y),
-        5: (y, x),
-        6: (h - 1 - y, x),
-        7: (h - 1 - y, w - 1 - x),
-        8: (y, w - 1 - x),
-    }
-    nx, ny = mapping.get(orientation, (x, y))
+    # only the mapping asked for: this runs for every word of every training sample
+    if orientation == 2:
+        nx, ny = w - 1 - x, y
+    elif orientation == 3:
+        nx, ny = w - 1 - x, h - 1 - y
+    elif orientation == 4:
+        nx, ny = x, h - 1 - y
+    elif orientation == 5:
+        nx, ny = y, x
+    elif orientation == 6:
+        nx, ny = h - 1 - y, x
+    elif orientation == 7:
+        nx, ny = h - 1 - y, w - 1 - x
+    else:
+        nx, ny = y, w - 1 - x
     return np.stack([nx, ny], axis=-1).astype(np.float64)
 
 

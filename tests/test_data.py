@@ -160,6 +160,31 @@ def test_vertices_stay_with_their_polygon_under_rotation():
         assert min(np.linalg.norm(moved.mean(axis=0) - r) for r in rotated) < 2.0
 
 
+def test_words_inside_outside_and_across_the_frame_are_kept_dropped_and_clipped_as_one_by_one():
+    from ocr.geometry import clip_polygon_to_frame
+
+    rng = np.random.default_rng(0)
+    image = np.zeros((100, 120, 3), np.uint8)
+    # inside; outside on each side; touching the frame's edges from outside (no area inside);
+    # across an edge and a corner; a sliver under min_area across the edge; random quads anywhere
+    polygons = [np.array(p, float) for p in (
+        rect(10, 10, 50, 30), rect(-40, 10, -5, 30), rect(130, 10, 160, 30), rect(10, -30, 50, -5), rect(10, 105, 50, 140),
+        rect(-20, 10, 0, 30), rect(119, 10, 150, 30), rect(10, 99, 50, 120), rect(100, 40, 150, 60), rect(-10, -10, 20, 20),
+        rect(10, 98.5, 11, 130), rect(-10, 40, 3, 60), rect(-0.5, 40, 30, 60), rect(60, 40, 119.5, 60),
+    )] + [rng.uniform(-60, 180, (4, 2)) for _ in range(200)]
+    ignore = [i % 3 == 0 for i in range(len(polygons))]
+    augment = PolygonAugment([], min_area=4.0)
+    _, kept, kept_ignore = augment(image, polygons, ignore)
+    # the vertices as the pipeline moves them (albumentations holds keypoints in float32)
+    _, moved = augment.move(image, polygons)
+    expected = [(clip_polygon_to_frame(p, 120, 100, 4.0), flag) for p, flag in zip(moved, ignore)]
+    expected = [(p, flag) for p, flag in expected if p is not None]
+    assert len(kept) == len(expected) and kept_ignore == [flag for _, flag in expected]
+    for got, (want, _) in zip(kept, expected):
+        np.testing.assert_array_equal(got, want)
+    assert len(kept) >= 4 and any(len(p) != 4 for p in kept)  # some were clipped, some dropped
+
+
 def test_training_pipeline_gives_fixed_size_crops_with_text():
     image = np.full((700, 450, 3), 255, np.uint8)
     polygons = [np.array(rect(20, y, 200, y + 16), float) for y in range(20, 680, 30)]
@@ -207,6 +232,13 @@ def test_collate_pads_to_a_multiple_of_32(tmp_path):
     assert batch["image"].shape == (2, 3, 64, 128) and batch["image"].dtype == torch.uint8
     assert batch["shrink_mask"][:, 60:, :].sum() == 0  # padding is outside the loss
     assert batch["valid_size"] == [(100, 60), (100, 60)]
+    # the 0/1 maps travel as uint8, the threshold map as float32: the same values as the targets'
+    from ocr.data.targets import make_db_targets
+
+    maps = make_db_targets((60, 100), [p * 100 / 200 for p in dataset.samples[0].polygons], config=dataset.targets)
+    for key in ("shrink_map", "shrink_mask", "threshold_map", "threshold_mask"):
+        assert batch[key].dtype == (torch.float32 if key == "threshold_map" else torch.uint8), key
+        np.testing.assert_array_equal(batch[key][0, :60, :100].float().numpy(), maps[key])
 
 
 def test_gap_mask_is_collated_only_when_the_targets_make_it(tmp_path):

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 TARGET_KEYS = ("shrink_map", "shrink_mask", "threshold_map", "threshold_mask")
 OPTIONAL_TARGET_KEYS = ("gap_mask",)  # TargetConfig.word_gap_max > 0
+# Maps that hold only 0 and 1 travel as uint8, a quarter of float32's bytes through the workers'
+# shared memory, pinned memory and the copy to the GPU (exact: the loss converts them to float)
+BINARY_TARGET_KEYS = ("shrink_map", "shrink_mask", "threshold_mask", "gap_mask")
 
 
 class ReceiptDataset(Dataset):
@@ -63,10 +66,16 @@ class ReceiptDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def read_upright(self, index: int) -> tuple[np.ndarray, list[np.ndarray], int, tuple[int, int]]:
+        """Sample ``index``'s upright RGB page and its words' polygons in that frame, with the
+        file's EXIF orientation and stored (width, height): the first stage of ``__getitem__``."""
         sample = self.samples[index]
         image, orientation, raw_size = read_image(sample.image_path)
-        polygons = [exif_to_upright(p, orientation, raw_size) for p in sample.polygons]
+        return image, [exif_to_upright(p, orientation, raw_size) for p in sample.polygons], orientation, raw_size
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        image, polygons, orientation, raw_size = self.read_upright(index)
         ignore = list(sample.ignore)
         scale = (1.0, 1.0)
         if self.augment is not None:
@@ -86,7 +95,8 @@ class ReceiptDataset(Dataset):
         }
         if sample.annotated and self.targets is not None:
             maps = make_db_targets(image.shape[:2], polygons, ignore, self.targets)
-            item.update({key: torch.from_numpy(value) for key, value in maps.items()})
+            for key, value in maps.items():
+                item[key] = torch.from_numpy(value.astype(np.uint8) if key in BINARY_TARGET_KEYS else value)
         return item
 
 
@@ -123,7 +133,7 @@ def collate_receipts(items: Sequence[dict[str, Any]], multiple: int = NETWORK_MU
     if all(key in item for item in items for key in TARGET_KEYS):
         optional = [key for key in OPTIONAL_TARGET_KEYS if all(key in item for item in items)]
         for key in (*TARGET_KEYS, *optional):
-            maps = torch.zeros((len(items), pad_h, pad_w), dtype=torch.float32)
+            maps = torch.zeros((len(items), pad_h, pad_w), dtype=items[0][key].dtype)
             for i, item in enumerate(items):
                 maps[i, : heights[i], : widths[i]] = item[key]
             batch[key] = maps
