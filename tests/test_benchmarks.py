@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from benchmarks import score_predictions
@@ -291,3 +292,17 @@ def test_kernel_ceiling_decodes_the_training_kernels_as_a_perfect_networks_map(t
     assert "kernels at shrink ratio 0.4" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="thresh"):
         kernel_ceiling.main([*args, "grid.thresh=0.3"])
+
+
+def test_loader_speed_times_each_stage_of_a_training_sample(tiny, capsys):
+    from benchmarks import loader_speed
+
+    _, overrides = tiny
+    best = loader_speed.main(["preset=example", *overrides, "samples=3", "repeats=2"])
+    assert set(best) == {"read", "augment", "targets", "total"}
+    assert all(best[stage] > 0 for stage in best)
+    # the best pass's total is at least the sum of each stage's best
+    assert best["total"] >= sum(best[s] for s in ("read", "augment", "targets")) * (1 - 1e-9)
+    out = capsys.readouterr().out
+    workers = {int(line.split("|")[1]): int(line.split("|")[2]) for line in out.splitlines() if line.startswith(("| 200 ", "| 650 "))}
+    assert workers[200] == int(np.ceil(200 * best["total"] / 1000)) and workers[650] >= workers[200]
