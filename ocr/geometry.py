@@ -74,8 +74,12 @@ def clip_polygon_to_frame(polygon: np.ndarray, width: int, height: int, min_area
     cut in several pieces keeps its largest piece.
     """
     xmax, ymax = width - 1, height - 1
-    if polygon[:, 0].min() >= 0 and polygon[:, 1].min() >= 0 and polygon[:, 0].max() <= xmax and polygon[:, 1].max() <= ymax:
+    (low_x, low_y), (high_x, high_y) = polygon.min(axis=0), polygon.max(axis=0)
+    if low_x >= 0 and low_y >= 0 and high_x <= xmax and high_y <= ymax:
         return polygon
+    # bounds that share no area with the frame: nothing would be left (a crop drops most words so)
+    if high_x <= 0 or high_y <= 0 or low_x >= xmax or low_y >= ymax:
+        return None
     shape = Polygon(polygon)
     if not shape.is_valid:
         shape = shape.buffer(0)

@@ -91,21 +91,8 @@ class PolygonAugment:
         height, width = image.shape[:2]
         kept_polygons: list[np.ndarray] = []
         kept_ignore: list[bool] = []
-        if not moved:
-            return image, kept_polygons, kept_ignore
-        # A crop keeps a few of a page's words: those whose bounds lie inside the frame are kept as
-        # they are and those whose bounds share no area with it are dropped, all at once; only the
-        # words on the frame's edge go through clip_polygon_to_frame's geometry (same result).
-        starts = np.cumsum([0] + [len(points) for points in moved[:-1]])
-        vertices = np.concatenate(moved)
-        low, high = np.minimum.reduceat(vertices, starts), np.maximum.reduceat(vertices, starts)
-        xmax, ymax = width - 1, height - 1
-        inside = (low >= 0).all(axis=1) & (high[:, 0] <= xmax) & (high[:, 1] <= ymax)
-        outside = (high <= 0).any(axis=1) | (low[:, 0] >= xmax) | (low[:, 1] >= ymax)
-        for points, ignored, is_inside, is_outside in zip(moved, ignore, inside.tolist(), outside.tolist()):
-            if is_outside:
-                continue
-            clipped = points if is_inside else clip_polygon_to_frame(points, width, height, self.min_area)
+        for points, ignored in zip(moved, ignore):
+            clipped = clip_polygon_to_frame(points, width, height, self.min_area)
             if clipped is not None:
                 kept_polygons.append(clipped)
                 kept_ignore.append(bool(ignored))
