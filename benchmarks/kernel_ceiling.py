@@ -20,12 +20,11 @@ import sys
 from typing import Any
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from benchmarks.accuracy import ROOT, evaluate, parse, print_breakdowns, print_table, record
+from benchmarks.accuracy import evaluate, parse, print_breakdowns, print_table, record
 from benchmarks.postprocess_grid import split_grid_arguments
-from ocr.config import register_resolvers
+from ocr.config import compose_config
 from ocr.data.dataset import ReceiptDataset, collate_receipts
 from ocr.lightning_module import decode_probabilities
 
@@ -46,9 +45,7 @@ def main(argv: list[str]) -> list[tuple[float, dict[str, float]]]:
     if unknown:
         raise SystemExit(f"only grid.box_unclip_ratio can be varied here, not {', '.join(sorted(unknown))}")
     own, overrides = parse(argv, __doc__, {"images": None, "annotations": None})
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="test", overrides=overrides)
+    cfg = compose_config("test", overrides)
     postprocess = instantiate(cfg.models.postprocess)
     targets = instantiate(cfg.datasets.targets)
     resize = instantiate(cfg.datasets.eval_resize)
