@@ -49,9 +49,16 @@ def time_stages(dataset, count: int, seed: int = 0) -> dict[str, float]:
     return spent
 
 
+def positive_int(own: dict[str, str], key: str) -> int:
+    value = own[key]
+    if not value.isdigit() or int(value) < 1:
+        raise SystemExit(f"{key}={value}: expected a whole number of at least 1")
+    return int(value)
+
+
 def main(argv: list[str]) -> dict[str, float]:
     own, overrides = parse(argv, __doc__, {"samples": "60", "repeats": "3"})
-    count, repeats = int(own["samples"]), int(own["repeats"])
+    count, repeats = positive_int(own, "samples"), positive_int(own, "repeats")
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     cfg = compose_config("train", overrides)

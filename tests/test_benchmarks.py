@@ -306,3 +306,5 @@ def test_loader_speed_times_each_stage_of_a_training_sample(tiny, capsys):
     out = capsys.readouterr().out
     workers = {int(line.split("|")[1]): int(line.split("|")[2]) for line in out.splitlines() if line.startswith(("| 200 ", "| 650 "))}
     assert workers[200] == int(np.ceil(200 * best["total"] / 1000)) and workers[650] >= workers[200]
+    with pytest.raises(SystemExit, match="samples=0"):
+        loader_speed.main(["preset=example", *overrides, "samples=0"])
