@@ -235,6 +235,9 @@ def test_training_rescale_follows_the_inference_sizing_rule(mode, cap, size, exp
     assert all(abs(e - t) <= 16 for e, t in zip(eval_size, expected))  # same scale, eval rounds to 32
     with pytest.raises(ValueError, match="resize mode"):
         RandomRescale(960, mode="longest")
+    for bad in [(0.0, 1.5), (-0.5, 1.5), (1.5, 0.5), (0.5,)]:
+        with pytest.raises(ValueError, match="scale_range"):
+            RandomRescale(960, bad)
 
 
 def test_collate_pads_to_a_multiple_of_32(tmp_path):

@@ -158,7 +158,11 @@ class RandomRescale(A.DualTransform):
     ):
         super().__init__(p=p)
         resize_scale(1, 1, image_size, mode, long_side_cap)  # fail on a bad mode at construction
-        self.image_size, self.scale_range, self.mode, self.long_side_cap = image_size, tuple(scale_range), mode, long_side_cap
+        scale_range = tuple(scale_range)
+        # a zero or negative factor would shrink every page to a pixel, not fail
+        if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
+            raise ValueError(f"scale_range must be [low, high] with 0 < low <= high, got {list(scale_range)}")
+        self.image_size, self.scale_range, self.mode, self.long_side_cap = image_size, scale_range, mode, long_side_cap
 
     @property
     def targets_as_params(self) -> list[str]:
