@@ -60,6 +60,11 @@ RULES = (
     Rule("datasets.num_workers", "an integer >= 0", lambda v: isinstance(v, int) and v >= 0),
     Rule("datasets.eval_resize.mode", "long_side or short_side", lambda v: v in ("long_side", "short_side")),
     Rule("datasets.eval_resize.long_side_cap", "an integer >= 32, or null", lambda v: positive_int(v) and v >= 32, optional=True),
+    Rule(
+        "train_resize.scale_range",
+        "[low, high] with 0 < low <= high",
+        lambda v: isinstance(v, list) and len(v) == 2 and all(positive(x) for x in v) and v[0] <= v[1],
+    ),
     Rule("datasets.invalid_polygon", "skip or error", lambda v: v in ("skip", "error")),
     Rule("datasets.bad_image", "skip or error", lambda v: v in ("skip", "error")),
     Rule("datasets.targets.shrink_ratio", "a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),

@@ -33,7 +33,7 @@ from ocr.validation import SettingsError, validate_settings
 
 # -- settings, checked before any work ----------------------------------------------------------------
 BAD_SETTINGS = [
-    # (job, override, the key and value the error names)
+    # (job, overrides separated by spaces, the key and value the error names)
     ("train", "image_size=-5", "image_size=-5"),
     ("predict", "image_size=0", "image_size=0"),
     ("train", "crop_size=0", "crop_size=0"),
@@ -52,6 +52,8 @@ BAD_SETTINGS = [
     ("predict", "lightning_module.tta_scales=[1.0,-1]", "lightning_module.tta_scales=[1.0, -1]"),
     ("test", "metrics.iou_threshold=1.5", "metrics.iou_threshold=1.5"),
     ("export", "calibration_count=0", "calibration_count=0"),
+    ("train", "preset=sroie train_resize.scale_range=[0,1.5]", "train_resize.scale_range=[0, 1.5]"),
+    ("train", "preset=sroie train_resize.scale_range=[1.5,0.5]", "train_resize.scale_range=[1.5, 0.5]"),
 ]
 
 
@@ -59,7 +61,7 @@ BAD_SETTINGS = [
 def test_a_setting_out_of_range_stops_before_any_work_naming_key_value_and_range(job, override, named):
     config = {"train": "train", "test": "test", "predict": "predict", "export": "export"}[job]
     extra = [] if job == "train" else ["checkpoint_path=x.ckpt"]
-    cfg = compose_config(config, [override, *extra])
+    cfg = compose_config(config, [*override.split(), *extra])
     with pytest.raises(SettingsError, match="must be") as error:
         validate_settings(cfg, job)
     assert named in str(error.value)
