@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 from typing import Any, Callable, Iterator, Sequence
 
 import lightning as L
@@ -84,6 +85,7 @@ class DBNetModule(L.LightningModule):
         channels_last: bool = False,
         tta_scales: list[float] | None = None,
         encoder_lr_scale: float = 1.0,
+        encoder_frozen_epochs: int = 0,
         compile: bool = False,
     ):
         super().__init__()
@@ -94,6 +96,7 @@ class DBNetModule(L.LightningModule):
         self.channels_last = channels_last
         self.tta_scales = [float(scale) for scale in tta_scales or []]
         self.encoder_lr_scale = float(encoder_lr_scale)
+        self.encoder_frozen_epochs = int(encoder_frozen_epochs)
         self.compile_network = bool(compile)
         # a network may say how it was trained to see images (PPOCRDetector: 0.5, 0.5); else ImageNet's
         mean, std = getattr(model, "input_mean", IMAGENET_MEAN), getattr(model, "input_std", IMAGENET_STD)
@@ -236,16 +239,20 @@ class DBNetModule(L.LightningModule):
 
     # -- optimisation -------------------------------------------------------------------
     def parameter_groups(self) -> Any:
-        """All parameters at the optimizer's learning rate, or, with ``encoder_lr_scale`` != 1, the
-        encoder's at that fraction of it (a pretrained backbone under a head trained from scratch);
-        the scheduler scales both groups alike."""
+        """All parameters at the optimizer's learning rate or, with ``encoder_lr_scale`` != 1 or
+        ``encoder_frozen_epochs`` > 0, two groups: the rest, then the encoder at that fraction of
+        the rate (a pretrained backbone under a head trained from scratch); the scheduler scales
+        both groups alike, and holds the encoder's at 0 for its frozen epochs."""
         encoder = getattr(self.model, "encoder", None)
-        if self.encoder_lr_scale == 1.0:
+        if self.encoder_lr_scale == 1.0 and self.encoder_frozen_epochs == 0:
             return self.parameters()
         base_lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
         if encoder is None or base_lr is None:
+            asked = [f"lightning_module.encoder_lr_scale={self.encoder_lr_scale}"] if self.encoder_lr_scale != 1.0 else []
+            if self.encoder_frozen_epochs:
+                asked.append(f"lightning_module.encoder_frozen_epochs={self.encoder_frozen_epochs}")
             raise ValueError(
-                f"lightning_module.encoder_lr_scale={self.encoder_lr_scale} needs a network with an encoder "
+                f"{' and '.join(asked)} {'need' if len(asked) > 1 else 'needs'} a network with an encoder "
                 f"(got {type(self.model).__name__}) and an optimizer partial with lr set (models.optimizer.lr)"
             )
         encoder_ids = {id(parameter) for parameter in encoder.parameters()}
@@ -257,9 +264,22 @@ class DBNetModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=self.parameter_groups())
         if self.scheduler_factory is None:
+            if self.encoder_frozen_epochs:
+                raise ValueError("lightning_module.encoder_frozen_epochs needs a learning-rate schedule (models.scheduler)")
             return optimizer
         kwargs = {}
-        if "total_steps" in inspect.signature(self.scheduler_factory).parameters:
+        parameters = inspect.signature(self.scheduler_factory).parameters
+        if "total_steps" in parameters:
             kwargs["total_steps"] = self.trainer.estimated_stepping_batches
+        if self.encoder_frozen_epochs:
+            self.trainer.estimated_stepping_batches  # noqa: B018 - sets up the training data, so its batch count is known
+            if "start_steps" not in parameters:
+                raise ValueError(
+                    "lightning_module.encoder_frozen_epochs needs a schedule that takes start_steps "
+                    f"(ocr.optim.warmup_cosine); models.scheduler is {self.scheduler_factory}"
+                )
+            # optimizer steps per epoch
+            steps_per_epoch = math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches)
+            kwargs["start_steps"] = [0, self.encoder_frozen_epochs * steps_per_epoch]
         scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -36,6 +36,10 @@ def positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+def non_negative_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def positive(value: Any) -> bool:
     return _number(value) and value > 0
 
@@ -81,6 +85,7 @@ RULES = (
     Rule("models.optimizer.lr", "a number > 0", positive),
     Rule("metrics.iou_threshold", "a number in (0, 1)", in_open_unit),
     Rule("lightning_module.encoder_lr_scale", "a number >= 0", non_negative),
+    Rule("lightning_module.encoder_frozen_epochs", "an integer >= 0", non_negative_int),
     Rule(
         "lightning_module.tta_scales",
         "a list of numbers > 0, or null",
@@ -94,10 +99,8 @@ RULES = (
     Rule("time_budget.minutes", "a number > 0, or null", positive, optional=True),
     Rule("time_budget.calibration_steps", "an integer >= 1", positive_int),
     Rule("calibration_count", "an integer >= 1", positive_int),
-    Rule("render_worst", "an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
-    Rule(
-        "render_max_side", "an integer >= 0 (0: full size)", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0
-    ),
+    Rule("render_worst", "an integer >= 0", non_negative_int),
+    Rule("render_max_side", "an integer >= 0 (0: full size)", non_negative_int),
 )
 # training only: a run that would train nothing, or from nothing
 TRAIN_RULES = (

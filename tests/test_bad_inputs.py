@@ -54,6 +54,8 @@ BAD_SETTINGS = [
     ("export", "calibration_count=0", "calibration_count=0"),
     ("train", "preset=sroie train_resize.scale_range=[0,1.5]", "train_resize.scale_range=[0, 1.5]"),
     ("train", "preset=sroie train_resize.scale_range=[1.5,0.5]", "train_resize.scale_range=[1.5, 0.5]"),
+    ("train", "lightning_module.encoder_frozen_epochs=-1", "lightning_module.encoder_frozen_epochs=-1"),
+    ("train", "lightning_module.encoder_frozen_epochs=1.5", "lightning_module.encoder_frozen_epochs=1.5"),
 ]
 
 

@@ -159,6 +159,63 @@ def test_warmup_cosine_decays_to_its_end_after_total_steps_change_and_keeps_it_i
     assert restored.lr_lambdas[0].total_steps == 40
 
 
+def test_warmup_cosine_holds_a_group_at_zero_until_its_start_step_then_warms_it_up_on_the_same_cosine():
+    from ocr.optim import warmup_cosine
+
+    head, encoder = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([{"params": [head]}, {"params": [encoder], "lr": 0.1}], lr=1.0)
+    scheduler = warmup_cosine(optimizer, total_steps=100, warmup_steps=10, min_lr_ratio=0.01, start_steps=[0, 30])
+    head_factor, encoder_factor = scheduler.lr_lambdas
+    assert [encoder_factor(step) for step in (0, 9, 29)] == [0.0, 0.0, 0.0]
+    assert encoder_factor(30) == pytest.approx(0.1 * head_factor(30))  # a warm-up of its own, from step 30
+    assert encoder_factor(34) == pytest.approx(0.5 * head_factor(34))
+    assert encoder_factor(39) == pytest.approx(head_factor(39)) and encoder_factor(70) == pytest.approx(head_factor(70))
+    lrs = []
+    for _ in range(40):
+        lrs.append((optimizer.param_groups[0]["lr"], optimizer.param_groups[1]["lr"]))
+        optimizer.step()
+        scheduler.step()
+    assert lrs[29] == (pytest.approx(head_factor(29)), 0.0) and lrs[39][1] == pytest.approx(0.1 * lrs[39][0])
+    with pytest.raises(ValueError, match="start_steps has 1 entries for 2 parameter groups"):
+        warmup_cosine(optimizer, total_steps=100, start_steps=[0])
+    # start steps travel with the scheduler's state, as total_steps does
+    restored = warmup_cosine(optimizer, total_steps=100, warmup_steps=10, start_steps=[0, 0])
+    restored.load_state_dict(scheduler.state_dict())
+    assert restored.lr_lambdas[1].start_step == 30
+
+
+def test_encoder_frozen_epochs_keep_the_encoder_still_in_a_real_fit_then_let_it_learn(tmp_path):
+    import lightning as L
+
+    cfg = compose_config(
+        "train",
+        ["lightning_module.encoder_frozen_epochs=1", "models.scheduler.warmup_steps=1", "models.decoder.inner_channels=32"],
+    )
+    module = build_module(cfg)
+    snapshot = lambda part: {name: p.detach().clone() for name, p in part.named_parameters()}  # noqa: E731
+    states = [(snapshot(module.model.encoder), snapshot(module.model.decoder))]
+    encoder_lrs = []
+
+    class Snapshots(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            encoder_lrs.append(trainer.optimizers[0].param_groups[1]["lr"])
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            states.append((snapshot(pl_module.model.encoder), snapshot(pl_module.model.decoder)))
+
+    batches = torch.utils.data.DataLoader([two_receipts(128)] * 2, batch_size=None, collate_fn=lambda batch: batch)
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=2, limit_val_batches=0, logger=False, callbacks=[Snapshots()],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(module, train_dataloaders=batches)
+    assert trainer.global_step == 4 and encoder_lrs[:2] == [0.0, 0.0] and encoder_lrs[2] > 0
+    changed = lambda before, after: any(not torch.equal(before[k], after[k]) for k in before)  # noqa: E731
+    (encoder_0, decoder_0), (encoder_1, decoder_1), (encoder_2, _) = states
+    assert not changed(encoder_0, encoder_1) and changed(decoder_0, decoder_1)  # epoch 1: only the head learns
+    assert changed(encoder_1, encoder_2)  # epoch 2: the encoder too
+
+
 def test_encoder_lr_scale_gives_the_encoder_its_fraction_of_the_learning_rate():
     module = build_module(compose_config("train", ["lightning_module.encoder_lr_scale=0.1", "models.optimizer.lr=0.002"]))
     optimizer = module.optimizer_factory(params=module.parameter_groups())
@@ -189,6 +246,9 @@ def test_encoder_lr_scale_without_an_encoder_says_what_is_missing(tmp_path):
     module = DBNetModule(nn.Conv2d(3, 1, 3), DBLoss(), DBPostProcessor(), optimizer=torch.optim.SGD, encoder_lr_scale=0.1)
     with pytest.raises(ValueError, match="encoder_lr_scale=0.1 needs a network with an encoder"):
         module.parameter_groups()
+    frozen = DBNetModule(nn.Conv2d(3, 1, 3), DBLoss(), DBPostProcessor(), optimizer=torch.optim.SGD, encoder_frozen_epochs=2)
+    with pytest.raises(ValueError, match="encoder_frozen_epochs=2 needs a network with an encoder"):
+        frozen.parameter_groups()
 
 
 def test_compile_switch_compiles_the_network_for_fit_only():
