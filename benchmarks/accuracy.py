@@ -89,17 +89,22 @@ def inference_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def inference_autocast(cfg: DictConfig, device: torch.device) -> torch.autocast:
+    """Autocast at the run's precision (``trainer.precision``), as validation and test run."""
+    precision = str(cfg.trainer.precision)
+    dtype = torch.bfloat16 if "bf16" in precision else torch.float16 if precision.startswith("16") else None
+    # float16 autocast is a GPU mode; the CPU runs bf16 or float32
+    enabled = dtype is torch.bfloat16 or (dtype is torch.float16 and device.type == "cuda")
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+
+
 def network_outputs(
     cfg: DictConfig, module: DBNetModule, dataset: ReceiptDataset
 ) -> Iterator[tuple[dict[str, Any], torch.Tensor, float]]:
     """(batch of one image, probability logits, network seconds) for every image; the seconds
     include the copy to the device and, on a GPU, wait for the kernels to finish."""
     device = module.mean.device
-    precision = str(cfg.trainer.precision)
-    dtype = torch.bfloat16 if "bf16" in precision else torch.float16 if precision.startswith("16") else None
-    # float16 autocast is a GPU mode; the CPU runs bf16 or float32
-    enabled = dtype is torch.bfloat16 or (dtype is torch.float16 and device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=enabled)
+    autocast = inference_autocast(cfg, device)
 
     def synchronize() -> None:
         if device.type == "cuda":

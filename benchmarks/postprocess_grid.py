@@ -4,13 +4,17 @@
         images=../shared/data/sroie_dev/val/images annotations=../shared/data/sroie_dev/val/val.json
 
 The network runs once per image; every setting then re-decodes the cached probability maps with
-the module's own post-processor (``DBNetModule.decode``) and is scored with IoU-hmean (pooled) and
-CLEval. Prints the best settings first, and the winner as Hydra overrides for a preset.
+the module's own post-processor (``decode_probabilities``, as ``DBNetModule.decode``) and is
+scored with IoU-hmean (pooled) and CLEval. Prints the best settings first, and the winner as
+Hydra overrides for a preset.
 
 ``grid.<setting>=v1,v2,...`` replaces the values tried for a setting (``grid.box_unclip_ratio=0.8,1.0``:
 a model trained with another ``shrink_ratio`` wants other unclip ratios; ``grid.split_thresh=none,0.5``
-tries cutting regions at a second threshold, ``none`` for off); ``polygons=false`` skips
-the polygon settings. Other ``key=value`` arguments are Hydra overrides (``image_size=...``).
+tries cutting regions at a second threshold, ``none`` for off; ``grid.threshold_map_offset=none,0,0.05``
+binarizes where the probability is above the network's own threshold map plus the offset (and
+above ``thresh``): DB's binary map at inference, ``none`` for the fixed ``thresh`` alone; the
+threshold branch then runs once more per image); ``polygons=false`` skips the polygon settings.
+Other ``key=value`` arguments are Hydra overrides (``image_size=...``).
 For a W&B sweep over the same settings (one run per trial, on many machines) use
 ``configs/sweep/postprocess.yaml``.
 """
@@ -22,13 +26,20 @@ import itertools
 import sys
 import time
 
-from benchmarks.accuracy import evaluate, load, network_outputs, parse, record
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from benchmarks.accuracy import evaluate, inference_autocast, load, network_outputs, parse, record
+from ocr.data.dataset import ReceiptDataset, collate_receipts
+from ocr.lightning_module import DBNetModule, decode_probabilities, probability_maps
 
 GRID = {
     "thresh": [0.2, 0.25, 0.3, 0.35, 0.4],
     "box_thresh": [0.4, 0.5, 0.6, 0.7],
     "box_unclip_ratio": [1.2, 1.3, 1.4, 1.5, 1.6, 1.8],
     "split_thresh": [None],
+    "threshold_map_offset": [None],
 }
 POLYGON_GRID = {"thresh": [0.25, 0.3, 0.35], "box_thresh": [0.5, 0.6], "polygon_unclip_ratio": [1.4, 1.6, 1.8, 2.0]}
 
@@ -72,6 +83,28 @@ def split_grid_arguments(argv: list[str]) -> tuple[dict[str, list[float]], bool,
     return replaced, polygons, rest
 
 
+def threshold_maps(cfg: DictConfig, module: DBNetModule, dataset: ReceiptDataset) -> list[np.ndarray]:
+    """The threshold branch's (1, H, W) map of every image, at the run's precision."""
+    if module.tta_scales:
+        raise SystemExit("grid.threshold_map_offset: the threshold map has no test-time augmentation; drop tta_scales")
+    maps = []
+    with torch.no_grad(), inference_autocast(cfg, module.mean.device):
+        for index in range(len(dataset)):
+            outputs = module(collate_receipts([dataset[index]])["image"].to(module.mean.device), with_threshold=True)
+            if "thresh_logits" not in outputs:
+                raise SystemExit(f"grid.threshold_map_offset: {type(module.model).__name__} has no threshold branch")
+            maps.append(probability_maps(outputs["thresh_logits"]))
+    return maps
+
+
+def decode(module: DBNetModule, setting: dict, logits: torch.Tensor, batch: dict, thresholds: np.ndarray | None) -> list:
+    """The detections of one cached image under one setting of the grid."""
+    offset = setting.get("threshold_map_offset")
+    postprocess = dataclasses.replace(module.postprocess, **{k: v for k, v in setting.items() if k != "threshold_map_offset"})
+    thresh_maps = None if offset is None else thresholds + offset
+    return decode_probabilities(postprocess, probability_maps(logits), batch, thresh_maps=thresh_maps)
+
+
 def main(argv: list[str]) -> list[tuple[dict, dict]]:
     replaced, polygons, argv = split_grid_arguments(argv)
     grid = settings(replaced, polygons)
@@ -79,29 +112,33 @@ def main(argv: list[str]) -> list[tuple[dict, dict]]:
     cfg, module, dataset = load(own, overrides)
     start = time.perf_counter()
     cached = [(batch, logits) for batch, logits, _ in network_outputs(cfg, module, dataset)]
+    use_thresholds = any(setting.get("threshold_map_offset") is not None for setting in grid)
+    thresholds = threshold_maps(cfg, module, dataset) if use_thresholds else [None] * len(cached)
     print(f"{len(cached)} images through the network in {time.perf_counter() - start:.0f} s", flush=True)
     base = module.postprocess
     results = []
     for setting in grid:
-        module.postprocess = dataclasses.replace(base, **setting)
-        scores = evaluate([record(batch, module.decode(logits, batch)[0]) for batch, logits in cached])
+        found = [decode(module, setting, logits, batch, t)[0] for (batch, logits), t in zip(cached, thresholds)]
+        scores = evaluate([record(batch, detections) for (batch, _), detections in zip(cached, found)])
         results.append((setting, scores))
         iou, cleval = scores["IoU hmean (pooled)"], scores["CLEval hmean"]
         print(f"  {setting} -> IoU-hmean {iou:.4f}, CLEval hmean {cleval:.4f}", flush=True)
-    module.postprocess = base
     results.sort(key=lambda item: (-item[1]["IoU hmean (pooled)"], -item[1]["CLEval hmean"]))
-    print("\n| thresh | split_thresh | box_thresh | use_polygon | unclip ratio "
+    print("\n| thresh | split_thresh | threshold map + | box_thresh | use_polygon | unclip ratio "
           "| IoU P | IoU R | IoU H | CLEval P | CLEval R | CLEval H | CLEval H, box-shape counts |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for setting, s in results[:15]:
         ratio = setting.get("polygon_unclip_ratio") if setting["use_polygon"] else setting.get("box_unclip_ratio")
         split = setting.get("split_thresh", base.split_thresh)
-        print(f"| {setting['thresh']} | {split} | {setting['box_thresh']} | {setting['use_polygon']} | {ratio} | "
+        offset = setting.get("threshold_map_offset")
+        print(f"| {setting['thresh']} | {split} | {offset} | {setting['box_thresh']} | {setting['use_polygon']} | {ratio} | "
               f"{s['IoU precision (pooled)']:.4f} | {s['IoU recall (pooled)']:.4f} | {s['IoU hmean (pooled)']:.4f} | "
               f"{s['CLEval precision']:.4f} | {s['CLEval recall']:.4f} | {s['CLEval hmean']:.4f} | "
               f"{s['CLEval hmean (box-shape character counts)']:.4f} |")
-    best = results[0][0]
-    print("\nbest: " + " ".join(f"models.postprocess.{k}={'null' if v is None else v}" for k, v in best.items()))
+    best = dict(results[0][0])
+    offset = best.pop("threshold_map_offset", None)
+    print("\nbest: " + " ".join(f"models.postprocess.{k}={'null' if v is None else v}" for k, v in best.items())
+          + ("" if offset is None else f" with the threshold map + {offset} (decoded by this benchmark only)"))
     return results
 
 

@@ -29,12 +29,16 @@ def probability_maps(prob_logits: torch.Tensor) -> np.ndarray:
 
 
 def decode_probabilities(
-    postprocess: DBPostProcessor, probabilities: np.ndarray, batch: dict[str, Any], index: Sequence[int] | None = None
+    postprocess: DBPostProcessor,
+    probabilities: np.ndarray,
+    batch: dict[str, Any],
+    index: Sequence[int] | None = None,
+    thresh_maps: np.ndarray | None = None,
 ) -> list[Detections]:
     """Post-process (N, H, W) probability maps into polygons in original pixels: row k belongs to
     the batch's image ``index[k]`` (by default, to image k), cut to its valid (unpadded) size.
     Shared by the LightningModule and :class:`ocr.detector.Detector` (ONNX Runtime gives
-    probabilities)."""
+    probabilities). ``thresh_maps``: (N, H, W) per-pixel thresholds, see :class:`DBPostProcessor`."""
     detections = []
     for row, i in enumerate(range(len(probabilities)) if index is None else index):
         width, height = batch["valid_size"][i]
@@ -44,6 +48,7 @@ def decode_probabilities(
                 scale=batch["scale"][i],
                 raw_size=batch["raw_size"][i],
                 orientation=batch["orientation"][i],
+                thresh_map=None if thresh_maps is None else thresh_maps[row, :height, :width],
             )
         )
     return detections

@@ -91,6 +91,33 @@ def test_postprocess_grid_values_from_the_command_line():
     assert replaced["split_thresh"] == [None, 0.4, 0.5]
     pairs = {(s["thresh"], s["split_thresh"]) for s in postprocess_grid.settings(replaced, polygons=False)}
     assert pairs == {(0.35, None), (0.35, 0.4), (0.35, 0.5), (0.4, None), (0.4, 0.5)}
+    # threshold-map offsets: "none" is the fixed threshold alone
+    replaced = postprocess_grid.split_grid_arguments(["grid.threshold_map_offset=none,0,0.05", "grid.thresh=0.35"])[0]
+    offsets = {s["threshold_map_offset"] for s in postprocess_grid.settings(replaced, polygons=False)}
+    assert offsets == {None, 0.0, 0.05}
+
+
+def test_postprocess_grid_decodes_with_the_threshold_map_plus_its_offset():
+    import torch
+
+    from benchmarks import postprocess_grid
+    from ocr.models.postprocess import DBPostProcessor
+
+    # two words joined by a 0.5 bridge; the threshold map is 0.45 on the bridge, 0 elsewhere
+    prob = np.zeros((1, 1, 40, 120), dtype=np.float32)
+    prob[..., 10:26, 10:50] = 0.9
+    prob[..., 10:26, 60:100] = 0.9
+    prob[..., 10:26, 50:60] = 0.5
+    thresholds = np.zeros((1, 40, 120), dtype=np.float32)
+    thresholds[:, 10:26, 50:60] = 0.45
+    batch = {"valid_size": [(120, 40)], "scale": [(1.0, 1.0)], "raw_size": [(120, 40)], "orientation": [1]}
+    module = type("Module", (), {"postprocess": DBPostProcessor(thresh=0.3, box_thresh=0.3, box_unclip_ratio=0.1)})()
+    logits = torch.logit(torch.from_numpy(prob).clamp(1e-6, 1 - 1e-6))
+    counts = {
+        offset: len(postprocess_grid.decode(module, {"threshold_map_offset": offset}, logits, batch, thresholds)[0].polygons)
+        for offset in (None, 0.0, 0.1)
+    }
+    assert counts == {None: 1, 0.0: 1, 0.1: 2}  # 0.5 > 0.45, but not > 0.55
 
 
 def test_label_gaps_measures_spaces_inside_boxes_and_gaps_between_them(tmp_path, capsys):

@@ -149,6 +149,23 @@ def test_split_thresh_cuts_regions_with_two_cores_and_keeps_faint_words():
     assert best_iou(rect(30, 55, 60, 65), higher.polygons) == 0
 
 
+def test_a_threshold_map_raises_the_threshold_where_it_is_higher_only():
+    """DB's binary map at inference: the threshold branch is high at the words' borders, so the
+    bridge between two words (0.4, above thresh) is cut where the map says 0.5, while the faint
+    word, under a map of 0.3, is kept by the fixed thresh."""
+    prob = two_words_on_a_line(bridge=0.4)
+    thresh_map = np.full_like(prob, 0.3)
+    thresh_map[20:36, 90:100] = 0.5
+    postprocess = DBPostProcessor(thresh=0.35, box_thresh=0.3, box_unclip_ratio=0.1)
+    found = postprocess(prob, thresh_map=thresh_map)
+    assert len(found.polygons) == 3
+    assert best_iou(rect(20, 20, 90, 36), found.polygons) > 0.85 and best_iou(rect(100, 20, 170, 36), found.polygons) > 0.85
+    assert best_iou(rect(30, 55, 60, 65), found.polygons) > 0.8
+    # a map under thresh everywhere changes nothing
+    for a, b in zip(postprocess(prob).polygons, postprocess(prob, thresh_map=np.zeros_like(prob)).polygons):
+        np.testing.assert_array_equal(a, b)
+
+
 def left_word_with_a_speck() -> np.ndarray:
     """The left word has no core, only a 2 x 2 speck above 0.6 (under ``min_size`` squared)."""
     prob = two_words_on_a_line(bridge=0.4)

@@ -143,16 +143,20 @@ class DBPostProcessor:
         scale: tuple[float, float] = (1.0, 1.0),
         raw_size: tuple[int, int] | None = None,
         orientation: int = 1,
+        thresh_map: np.ndarray | None = None,
     ) -> Detections:
         """``prob_map``: (H, W) probabilities of the valid (unpadded) network input.
 
         ``scale`` is network pixels per original pixel along x and y; ``raw_size`` the stored
         image's (width, height) and ``orientation`` its EXIF tag: polygons come back in the
-        stored image's frame, clipped to it.
+        stored image's frame, clipped to it. ``thresh_map``: a per-pixel threshold of the same
+        shape (the network's threshold branch: DB's binary map at inference); a pixel is text
+        where its probability is above both it and ``thresh``.
         """
         prob_map = np.asarray(prob_map, dtype=np.float32)
+        threshold = self.thresh if thresh_map is None else np.maximum(np.asarray(thresh_map, dtype=np.float32), self.thresh)
         # the bool mask's bytes are 0/1 already: view them as uint8 rather than copy a page-sized map
-        bitmap = (prob_map > self.thresh).view(np.uint8)
+        bitmap = (prob_map > threshold).view(np.uint8)
         if self.split_thresh is not None:
             bitmap = split_at_cores(bitmap, prob_map > self.split_thresh, min_core_area=self.min_size**2)
         contours, _ = cv2.findContours(bitmap, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
