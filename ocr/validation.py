@@ -133,6 +133,12 @@ def settings_errors(cfg: DictConfig, job: str) -> list[str]:
     post = cfg.get("models", {}).get("postprocess") or {}
     if _number(post.get("split_thresh")) and _number(post.get("thresh")) and not post.thresh < post.split_thresh:
         errors.append(f"models.postprocess.split_thresh={post.split_thresh}: must be above thresh ({post.thresh})")
+    frozen, max_epochs = OmegaConf.select(cfg, "lightning_module.encoder_frozen_epochs"), cfg.get("trainer", {}).get("max_epochs")
+    if job == "train" and positive_int(frozen) and positive_int(max_epochs) and frozen >= max_epochs:
+        errors.append(
+            f"lightning_module.encoder_frozen_epochs={frozen}: must be below trainer.max_epochs ({max_epochs}), "
+            "or the encoder never trains"
+        )
     if job == "train" and cfg.trainer.get("max_epochs") == -1 and not positive_int(cfg.trainer.get("max_steps")):
         errors.append("trainer.max_epochs=-1 trains without end: set trainer.max_steps to a positive number of steps")
     return errors

@@ -56,6 +56,7 @@ BAD_SETTINGS = [
     ("train", "preset=sroie train_resize.scale_range=[1.5,0.5]", "train_resize.scale_range=[1.5, 0.5]"),
     ("train", "lightning_module.encoder_frozen_epochs=-1", "lightning_module.encoder_frozen_epochs=-1"),
     ("train", "lightning_module.encoder_frozen_epochs=1.5", "lightning_module.encoder_frozen_epochs=1.5"),
+    ("train", "lightning_module.encoder_frozen_epochs=6 trainer.max_epochs=6", "lightning_module.encoder_frozen_epochs=6"),
 ]
 
 
