@@ -20,6 +20,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from ocr.optim import optimizer_steps_per_epoch
+
 log = logging.getLogger(__name__)
 
 
@@ -111,11 +113,12 @@ class TimeBudget(Callback):
         self._train_start, self._first_step = time.monotonic(), trainer.global_step
         self._val_every = trainer.check_val_every_n_epoch
         self._max_epochs = trainer.fit_loop.max_epochs
-        if self._max_epochs is None or self._max_epochs < 1 or not math.isfinite(trainer.num_training_batches):
+        steps_per_epoch = optimizer_steps_per_epoch(trainer)
+        if self._max_epochs is None or self._max_epochs < 1 or steps_per_epoch is None:
             log.warning("Time budget: no epoch count to shorten (max_epochs %s, endless data?); ignored", self._max_epochs)
             self._max_epochs = None
             return
-        self._steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+        self._steps_per_epoch = steps_per_epoch
         if trainer.max_steps > 0:
             self._max_epochs = min(self._max_epochs, math.ceil(trainer.max_steps / self._steps_per_epoch))
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import math
 from typing import Any, Callable, Iterator, Sequence
 
 import lightning as L
@@ -18,6 +17,7 @@ from ocr.metrics.detection import DetectionEvaluator
 from ocr.models.dbnet import DBNet
 from ocr.models.loss import DBLoss
 from ocr.models.postprocess import DBPostProcessor, Detections
+from ocr.optim import optimizer_steps_per_epoch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -274,17 +274,20 @@ class DBNetModule(L.LightningModule):
             return optimizer
         kwargs = {}
         parameters = inspect.signature(self.scheduler_factory).parameters
-        if "total_steps" in parameters:
-            kwargs["total_steps"] = self.trainer.estimated_stepping_batches
+        if self.encoder_frozen_epochs and "start_steps" not in parameters:
+            raise ValueError(
+                "lightning_module.encoder_frozen_epochs needs a schedule that takes start_steps "
+                f"(ocr.optim.warmup_cosine); models.scheduler is {self.scheduler_factory}"
+            )
+        if "total_steps" in parameters or self.encoder_frozen_epochs:
+            # also sets up the training data, so its batches per epoch are known
+            total_steps = self.trainer.estimated_stepping_batches
+            if "total_steps" in parameters:
+                kwargs["total_steps"] = total_steps
         if self.encoder_frozen_epochs:
-            self.trainer.estimated_stepping_batches  # noqa: B018 - sets up the training data, so its batch count is known
-            if "start_steps" not in parameters:
-                raise ValueError(
-                    "lightning_module.encoder_frozen_epochs needs a schedule that takes start_steps "
-                    f"(ocr.optim.warmup_cosine); models.scheduler is {self.scheduler_factory}"
-                )
-            # optimizer steps per epoch
-            steps_per_epoch = math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches)
+            steps_per_epoch = optimizer_steps_per_epoch(self.trainer)
+            if steps_per_epoch is None:
+                raise ValueError("lightning_module.encoder_frozen_epochs needs training data with a length (epochs to count)")
             kwargs["start_steps"] = [0, self.encoder_frozen_epochs * steps_per_epoch]
         scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -34,6 +35,13 @@ class WarmupCosine:
         ramp = (since_start + 1) / warmup_steps if since_start < warmup_steps else 1.0
         progress = min(max(step - warmup_steps, 0) / max(total_steps - warmup_steps, 1), 1.0)
         return ramp * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def optimizer_steps_per_epoch(trainer: Any) -> int | None:
+    """Optimizer steps in one training epoch of a Lightning trainer whose training data is set up
+    (its batches over gradient accumulation); None when the data has no length (endless)."""
+    batches = trainer.num_training_batches
+    return math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else None
 
 
 def warmup_cosine(

@@ -184,6 +184,27 @@ def test_warmup_cosine_holds_a_group_at_zero_until_its_start_step_then_warms_it_
     assert restored.lr_lambdas[1].start_step == 30
 
 
+def test_optimizer_steps_per_epoch_count_accumulation_and_say_none_for_endless_data():
+    from types import SimpleNamespace
+
+    from ocr.optim import optimizer_steps_per_epoch
+
+    assert optimizer_steps_per_epoch(SimpleNamespace(num_training_batches=7, accumulate_grad_batches=2)) == 4
+    assert optimizer_steps_per_epoch(SimpleNamespace(num_training_batches=float("inf"), accumulate_grad_batches=1)) is None
+
+
+def test_encoder_frozen_epochs_without_a_schedule_that_can_hold_it_says_so():
+    from functools import partial
+
+    module = build_module(compose_config("train", ["lightning_module.encoder_frozen_epochs=2"]))
+    module.scheduler_factory = None
+    with pytest.raises(ValueError, match="encoder_frozen_epochs needs a learning-rate schedule"):
+        module.configure_optimizers()
+    module.scheduler_factory = partial(torch.optim.lr_scheduler.ConstantLR, factor=1.0)
+    with pytest.raises(ValueError, match="encoder_frozen_epochs needs a schedule that takes start_steps"):
+        module.configure_optimizers()
+
+
 def test_encoder_frozen_epochs_keep_the_encoder_still_in_a_real_fit_then_let_it_learn(tmp_path):
     import lightning as L
 
