@@ -100,6 +100,27 @@ def test_gap_negatives_weigh_more_in_the_probability_loss():
         DBLoss(gap_negative_weight=5.0)(outputs, {k: v for k, v in batch.items() if k != "gap_mask"})
 
 
+def test_dice_on_the_probability_map_scores_overlap_and_rejects_the_gap_weight():
+    from ocr.models.loss import DBLoss
+
+    target = torch.zeros(1, 10, 10)
+    target[0, :, :5] = 1
+    mask = torch.ones_like(target)
+    logits = torch.where(target > 0, 20.0, -20.0)
+    logits[0, :, 5] = 20.0  # one wrong column: 60 pixels drawn, 50 of them text
+    outputs = {"prob_logits": logits[:, None]}
+    loss = DBLoss(prob_map_loss="dice")(outputs, {"shrink_map": target, "shrink_mask": mask})
+    assert float(loss["loss_prob"]) == pytest.approx(1 - 2 * 50 / (60 + 50), abs=1e-5)
+    assert float(loss["loss"]) == pytest.approx(5 * float(loss["loss_prob"]), rel=1e-6)
+    # masked-out pixels do not count: hiding the wrong column gives a perfect score
+    mask[0, :, 5] = 0
+    assert float(DBLoss(prob_map_loss="dice")(outputs, {"shrink_map": target, "shrink_mask": mask})["loss_prob"]) == pytest.approx(0, abs=1e-5)
+    with pytest.raises(ValueError, match="gap_negative_weight"):
+        DBLoss(prob_map_loss="dice", gap_negative_weight=2.0)
+    with pytest.raises(ValueError, match="'bce' or 'dice'"):
+        DBLoss(prob_map_loss="focal")
+
+
 def test_an_image_gets_the_same_predictions_whatever_batch_it_comes_in():
     torch.manual_seed(0)
     module = build_module(compose_config("train", ["models.decoder.inner_channels=64"])).eval()

@@ -2,6 +2,10 @@
 threshold map and dice on the binary map. Computed in float32 from logits so it is safe
 under mixed precision.
 
+``prob_map_loss="dice"`` puts dice on the probability map instead of the balanced BCE, as
+PaddleOCR trains its DB detectors (the pretrained backbones' own training loss): a loss over
+whole regions that needs no hard-negative mining.
+
 Optionally the background between neighbouring words of a line (the targets' ``gap_mask``)
 weighs ``gap_negative_weight`` times as much as other negatives in the probability loss, both
 when the hard negatives are picked and in their sum: merging such words is the detector's
@@ -56,9 +60,15 @@ class DBLoss(nn.Module):
         binary_map_loss_weight: float = 1.0,
         negative_ratio: float = 3.0,
         gap_negative_weight: float = 1.0,
+        prob_map_loss: str = "bce",
         eps: float = 1e-6,
     ):
         super().__init__()
+        if prob_map_loss not in ("bce", "dice"):
+            raise ValueError(f"models.loss.prob_map_loss must be 'bce' or 'dice', got {prob_map_loss!r}")
+        if prob_map_loss == "dice" and gap_negative_weight != 1.0:
+            raise ValueError("models.loss.gap_negative_weight weighs the BCE's negatives: it needs prob_map_loss='bce'")
+        self.prob_map_loss = prob_map_loss
         self.prob_weight = prob_map_loss_weight
         self.thresh_weight = thresh_map_loss_weight
         self.binary_weight = binary_map_loss_weight
@@ -74,9 +84,12 @@ class DBLoss(nn.Module):
             if "gap_mask" not in batch:
                 raise KeyError("gap_negative_weight needs the targets' gap_mask: set datasets.targets.word_gap_max > 0")
             negative_weight = 1.0 + (self.gap_negative_weight - 1.0) * batch["gap_mask"].float()
-        loss_prob = balanced_bce_with_logits(
-            prob_logits, shrink_map, shrink_mask, self.negative_ratio, self.eps, negative_weight
-        )
+        if self.prob_map_loss == "dice":
+            loss_prob = dice_loss(torch.sigmoid(prob_logits), shrink_map, shrink_mask, self.eps)
+        else:
+            loss_prob = balanced_bce_with_logits(
+                prob_logits, shrink_map, shrink_mask, self.negative_ratio, self.eps, negative_weight
+            )
         losses = {"loss_prob": loss_prob}
         total = self.prob_weight * loss_prob
         if "thresh_logits" in outputs:
