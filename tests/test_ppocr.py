@@ -36,14 +36,19 @@ def test_converted_network_outputs_logits_from_trainable_weights(tmp_path):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in parameters.values())
 
 
-def _same_padded_detector_onnx(path: Path, second_stride: int = 1) -> Path:
+def _same_padded_detector_onnx(path: Path, second_stride: int = 1, second_weight_as_input: bool = False) -> Path:
     """Like PP-OCRv6's stem: 2x2 convolutions and a 2x2 max pool with ``auto_pad`` SAME_*, stride 1
-    unless ``second_stride`` says otherwise."""
+    unless ``second_stride`` says otherwise; ``second_weight_as_input`` feeds the second convolution's
+    weight as a graph input instead of a constant, so nothing in the file gives its kernel size."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(3)
     weights = {"w1": rng.normal(0, 0.5, (4, 3, 2, 2)), "w2": rng.normal(0, 0.5, (1, 4, 2, 2))}
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])]
+    if second_weight_as_input:
+        weights.pop("w2")
+        inputs.append(helper.make_tensor_value_info("w2", TensorProto.FLOAT, [1, 4, 2, 2]))
     nodes = [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value.astype(np.float32)))
              for name, value in weights.items()]  # fmt: skip
     nodes += [
@@ -53,7 +58,7 @@ def _same_padded_detector_onnx(path: Path, second_stride: int = 1) -> Path:
         helper.make_node("Conv", ["p1", "w2"], ["logits"], strides=[second_stride] * 2, auto_pad="SAME_LOWER"),
         helper.make_node("Sigmoid", ["logits"], ["probabilities"]),
     ]
-    graph = helper.make_graph(nodes, "same_padded", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+    graph = helper.make_graph(nodes, "same_padded", inputs,
                               [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, None)])  # fmt: skip
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
     return path
@@ -74,6 +79,9 @@ def test_same_padding_is_converted_as_onnx_runtime_computes_it(tmp_path):
     # with a stride the padding would depend on the input's size: refused, naming the node
     with pytest.raises(ValueError, match=r"strided\.onnx: Conv .* pads SAME_LOWER with strides \[2, 2\]"):
         load_logits_network(_same_padded_detector_onnx(tmp_path / "strided.onnx", second_stride=2))
+    # no kernel_shape and a weight that is not a constant: nothing says how much to pad
+    with pytest.raises(ValueError, match=r"unsized\.onnx: Conv .* pads SAME_LOWER without a kernel_shape or a constant weight"):
+        load_logits_network(_same_padded_detector_onnx(tmp_path / "unsized.onnx", second_weight_as_input=True))
 
 
 def test_detector_sees_bgr_images_normalised_as_ppocr_was_trained(tmp_path):

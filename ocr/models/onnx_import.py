@@ -47,6 +47,7 @@ def _spell_out_same_padding(graph_model, onnx_path: Path) -> None:
     the input's size: (kernel - 1) * dilation in all, the odd one at the end (UPPER) or the start."""
     from onnx import helper
 
+    weights = {initializer.name: initializer for initializer in graph_model.graph.initializer}
     for node in graph_model.graph.node:
         attributes = {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
         auto_pad = attributes.get("auto_pad", b"NOTSET")
@@ -56,7 +57,6 @@ def _spell_out_same_padding(graph_model, onnx_path: Path) -> None:
         if "kernel_shape" in attributes:
             kernel = list(attributes["kernel_shape"])
         else:  # optional on Conv: the weight's spatial dimensions
-            weights = {initializer.name: initializer for initializer in graph_model.graph.initializer}
             if len(node.input) < 2 or node.input[1] not in weights:
                 raise ValueError(
                     f"{onnx_path}: {node.op_type} {node.name!r} pads {auto_pad} without a kernel_shape or a constant weight"
