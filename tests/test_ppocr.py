@@ -262,6 +262,27 @@ def test_dbnet_on_the_backbone_normalises_as_ppocr_was_trained(tmp_path):
     assert out["prob_logits"].shape[-2:] == (64, 64) and "thresh_logits" in out  # the recipe's own head
 
 
+def test_paddleocrs_training_normalisation_reaches_the_network_in_bgr_order(tmp_path):
+    from ocr.lightning_module import DBNetModule
+    from ocr.models.loss import DBLoss
+    from ocr.models.postprocess import DBPostProcessor
+
+    weight = np.zeros((1, 3, 3, 3), np.float32)
+    weight[0, 0, 1, 1] = 1.0  # the logit is the network's first (B) input channel, minus the 0.5 bias
+    bgr_mean, bgr_std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # PaddleOCR's det configs
+    detector = PPOCRDetector(write_tiny_detector_onnx(tmp_path / "d.onnx", weight), bgr_mean=bgr_mean, bgr_std=bgr_std)
+    assert detector.input_mean == (0.406, 0.456, 0.485) and detector.input_std == (0.225, 0.224, 0.229)  # RGB order
+    module = DBNetModule(detector, DBLoss(), DBPostProcessor(), optimizer=torch.optim.SGD)
+    rgb = torch.tensor([50, 100, 200], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    logits = module(rgb)["prob_logits"]  # forward normalises the uint8 pixels
+    torch.testing.assert_close(logits, torch.full((1, 1, 4, 4), (200 / 255 - 0.485) / 0.229 - 0.5))
+    encoder = PPOCRBackbone(write_tiny_backbone_detector_onnx(tmp_path / "bb.onnx")[0],
+                            feature_names=["f4", "f8", "f16", "f32"], bgr_mean=bgr_mean, bgr_std=bgr_std)
+    assert encoder.input_mean == (0.406, 0.456, 0.485) and encoder.input_std == (0.225, 0.224, 0.229)
+    with pytest.raises(ValueError, match=r"bgr_std=\[0\.229, 0\.0, 0\.225\]: three values each, the std above 0"):
+        PPOCRDetector(tmp_path / "d.onnx", bgr_std=[0.229, 0.0, 0.225])
+
+
 def test_backbone_errors_name_the_file_and_the_problem(tmp_path):
     path, _ = write_tiny_backbone_detector_onnx(tmp_path / "bb.onnx")
     with pytest.raises(ValueError, match=r"bb\.onnx: has no tensors \['p2o.Add.43'"):

@@ -31,10 +31,27 @@ def require_onnx_file(onnx_path: str | Path) -> Path:
     return path
 
 
+# RapidOCR normalises PP-OCR's detectors with mean and std 0.5; PaddleOCR trained them with ImageNet's
+# (its det configs' NormalizeImage, applied to BGR images): bgr_mean/bgr_std below
+RAPIDOCR_BGR_MEAN = RAPIDOCR_BGR_STD = (0.5, 0.5, 0.5)
+
+
+def rgb_normalisation(bgr_mean: Sequence[float] | None, bgr_std: Sequence[float] | None) -> tuple[tuple, tuple]:
+    """The ``input_mean``/``input_std`` the LightningModule applies (RGB order, before the network flips
+    the channels to BGR) for a normalisation given in the network's own BGR order, as PaddleOCR's
+    configs write it; None: RapidOCR's 0.5."""
+    mean = tuple(float(v) for v in (bgr_mean if bgr_mean is not None else RAPIDOCR_BGR_MEAN))
+    std = tuple(float(v) for v in (bgr_std if bgr_std is not None else RAPIDOCR_BGR_STD))
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f"bgr_mean={list(mean)}, bgr_std={list(std)}: three values each, the std above 0")
+    return mean[::-1], std[::-1]
+
+
 class PPOCRDetector(FreezableBatchNorm):
     """PP-OCR's detector behind ``DBNet``'s interface: ``forward(images)`` takes images normalised
-    with ``input_mean``/``input_std`` (PP-OCR's own: 0.5, 0.5; the LightningModule reads them) in
-    RGB order and returns ``{"prob_logits"}``; PP-OCR was trained on BGR images.
+    with ``input_mean``/``input_std`` (the LightningModule reads them) in RGB order and returns
+    ``{"prob_logits"}``; PP-OCR was trained on BGR images. ``bgr_mean``/``bgr_std`` set that
+    normalisation in the network's BGR order (None: RapidOCR's 0.5, 0.5).
 
     ``freeze_batch_norm`` keeps batch norm on its pretrained statistics while fine-tuning;
     ``logit_scale`` multiplies the logits: the pretrained map is saturated (median |logit| ~35 on
@@ -42,17 +59,17 @@ class PPOCRDetector(FreezableBatchNorm):
     pixel has a gradient. The post-processor's ``thresh``/``box_thresh`` then mean other logits.
     ``fetch_if_missing`` is read by ``ocr.pretrained.fetch_missing_files`` (the runner), not here."""
 
-    input_mean = (0.5, 0.5, 0.5)
-    input_std = (0.5, 0.5, 0.5)
-
     def __init__(
         self,
         onnx_path: str | Path = DEFAULT_ONNX_PATH,
         freeze_batch_norm: bool = False,
         logit_scale: float = 1.0,
         fetch_if_missing: bool = False,
+        bgr_mean: Sequence[float] | None = None,
+        bgr_std: Sequence[float] | None = None,
     ):
         super().__init__()
+        self.input_mean, self.input_std = rgb_normalisation(bgr_mean, bgr_std)
         self.onnx_path = str(onnx_path)
         self.freeze_batch_norm = freeze_batch_norm
         self.logit_scale = logit_scale
@@ -70,13 +87,11 @@ class PPOCRBackbone(FreezableBatchNorm):
     detector's ONNX graph cut after the backbone's four stages (``feature_names``, default
     ``PPOCR_BACKBONE_FEATURES``), which feed the project's own FPN decoder and DB head. Takes images
     normalised with ``input_mean``/``input_std`` (DBNet passes them on to the LightningModule) in
-    RGB order; PP-OCR was trained on BGR images.
+    RGB order; PP-OCR was trained on BGR images. ``bgr_mean``/``bgr_std`` set that normalisation in
+    the network's BGR order (None: RapidOCR's 0.5, 0.5, which the first checkpoints were trained with).
 
     ``channels`` must be None (the widths are fixed; old configs carry the key);
     ``fetch_if_missing`` is read by ``ocr.pretrained.fetch_missing_files`` (the runner), not here."""
-
-    input_mean = (0.5, 0.5, 0.5)
-    input_std = (0.5, 0.5, 0.5)
 
     def __init__(
         self,
@@ -86,8 +101,11 @@ class PPOCRBackbone(FreezableBatchNorm):
         model_name: str = "ppocrv4_det_backbone",
         channels: Sequence[int] | None = None,
         fetch_if_missing: bool = False,
+        bgr_mean: Sequence[float] | None = None,
+        bgr_std: Sequence[float] | None = None,
     ):
         super().__init__()
+        self.input_mean, self.input_std = rgb_normalisation(bgr_mean, bgr_std)
         if channels is not None:
             raise ValueError(f"models.encoder.channels={list(channels)}: PP-OCR's backbone has fixed widths; set it to null")
         self.onnx_path, self.model_name = str(onnx_path), model_name
