@@ -9,8 +9,8 @@ then the network), probability branch only, with the sigmoid applied:
 * input ``image``: **uint8 RGB**, (batch, 3, height, width), dynamic batch, height and width; each side
   a multiple of 32 (:class:`~ocr.data.transforms.ResizeForEval`'s sizes, then zero padding at the
   bottom/right). The normalisation ``(x - 255 mean) / (255 std)`` (ImageNet's, or the network's own
-  ``input_mean``/``input_std``: PP-OCR's 0.5/0.5) happens inside the graph, and so does PP-OCR's RGB
-  -> BGR flip: callers feed the pixels as read.
+  ``input_mean``/``input_std``: RapidOCR's 0.5/0.5 for PP-OCR's networks by default) happens inside
+  the graph, and so does PP-OCR's RGB -> BGR flip: callers feed the pixels as read.
 * output ``probability``: (batch, 1, height, width) float32 text probabilities at input size.
 
 The sidecar ``<output>.json`` holds the sizing rule (``resize``: ``ResizeForEval`` fields with

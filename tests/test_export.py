@@ -157,7 +157,7 @@ def test_every_encoder_family_exports_with_parity(family, tmp_path, paddle_backb
     onnx_path, sidecar = pytorch.export_onnx(tmp_path / f"{family}.onnx")  # checks ONNX Runtime at three shapes itself
     notes = json.loads(sidecar.read_text())
     assert notes["parity"]["max_abs_diff"] <= 1e-4
-    if family.startswith("ppocr"):  # PP-OCR's own normalisation, in the graph with its RGB -> BGR flip
+    if family.startswith("ppocr"):  # the PP-OCR network's normalisation, in the graph with its RGB -> BGR flip
         assert notes["input"]["mean"] == notes["input"]["std"] == [0.5, 0.5, 0.5]
     if family == "ppocr_backbone":  # exported simplified: hardswish as one operation, no clip left
         import onnx as onnx_format

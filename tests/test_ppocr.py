@@ -84,7 +84,7 @@ def test_same_padding_is_converted_as_onnx_runtime_computes_it(tmp_path):
         load_logits_network(_same_padded_detector_onnx(tmp_path / "unsized.onnx", second_weight_as_input=True))
 
 
-def test_detector_sees_bgr_images_normalised_as_ppocr_was_trained(tmp_path):
+def test_detector_sees_bgr_images_normalised_as_rapidocr_runs_it(tmp_path):
     from ocr.lightning_module import DBNetModule
     from ocr.models.loss import DBLoss
     from ocr.models.postprocess import DBPostProcessor
@@ -99,7 +99,7 @@ def test_detector_sees_bgr_images_normalised_as_ppocr_was_trained(tmp_path):
     scaled = PPOCRDetector(write_tiny_detector_onnx(tmp_path / "d.onnx", weight), logit_scale=0.1)(images)
     torch.testing.assert_close(scaled["prob_logits"], torch.full((1, 1, 8, 8), (0.3 - 0.5) * 0.1))
     module = DBNetModule(detector, DBLoss(), DBPostProcessor(), optimizer=torch.optim.SGD)
-    # uint8 255 -> 1.0 and 0 -> -1.0: PP-OCR's (x / 255 - 0.5) / 0.5, not ImageNet's statistics
+    # uint8 255 -> 1.0 and 0 -> -1.0: RapidOCR's (x / 255 - 0.5) / 0.5 by default, not ImageNet's statistics
     normalised = module.normalize(torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2).expand(1, 3, 1, 2))
     torch.testing.assert_close(normalised, torch.tensor([-1.0, 1.0]).view(1, 1, 1, 2).expand(1, 3, 1, 2))
 
@@ -242,7 +242,7 @@ def test_backbone_returns_the_named_feature_tensors_with_trainable_weights(tmp_p
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in backbone.parameters())
 
 
-def test_dbnet_on_the_backbone_normalises_as_ppocr_was_trained(tmp_path):
+def test_dbnet_on_the_backbone_normalises_as_rapidocr_runs_it(tmp_path):
     from functools import partial
 
     from ocr.lightning_module import DBNetModule
