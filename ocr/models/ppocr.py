@@ -10,6 +10,7 @@ DBNet encoder under the project's own FPN and DB head (preset=sroie_ppocr_backbo
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -40,10 +41,15 @@ def rgb_normalisation(bgr_mean: Sequence[float] | None, bgr_std: Sequence[float]
     """The ``input_mean``/``input_std`` the LightningModule applies (RGB order, before the network flips
     the channels to BGR) for a normalisation given in the network's own BGR order, as PaddleOCR's
     configs write it; None: RapidOCR's 0.5."""
-    mean = tuple(float(v) for v in (bgr_mean if bgr_mean is not None else RAPIDOCR_BGR_MEAN))
-    std = tuple(float(v) for v in (bgr_std if bgr_std is not None else RAPIDOCR_BGR_STD))
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise ValueError(f"bgr_mean={list(mean)}, bgr_std={list(std)}: three values each, the std above 0")
+    mean = bgr_mean if bgr_mean is not None else RAPIDOCR_BGR_MEAN
+    std = bgr_std if bgr_std is not None else RAPIDOCR_BGR_STD
+    problem = f"bgr_mean={list(mean)}, bgr_std={list(std)}: three finite numbers each, the std above 0"
+    try:
+        mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    except (TypeError, ValueError):
+        raise ValueError(problem) from None
+    if len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+        raise ValueError(problem)
     return mean[::-1], std[::-1]
 
 
