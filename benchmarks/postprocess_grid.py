@@ -8,8 +8,11 @@ the module's own post-processor (``decode_probabilities``, as ``DBNetModule.deco
 scored with IoU-hmean (pooled) and CLEval. Prints the best settings first, and the winner as
 Hydra overrides for a preset.
 
-``grid.<setting>=v1,v2,...`` replaces the values tried for a setting (``grid.box_unclip_ratio=0.8,1.0``:
-a model trained with another ``shrink_ratio`` wants other unclip ratios; ``grid.split_thresh=none,0.5``
+The unclip ratios tried bracket the checkpoint's own (``UNCLIP_FACTORS`` times its ``box_unclip_ratio`` and
+``polygon_unclip_ratio``): how far a region grows back depends on the kernels' ``shrink_ratio`` it was
+trained with, so a fixed list sized for one set of kernels misses the best ratio of another.
+``grid.<setting>=v1,v2,...`` replaces the values tried for a setting (``grid.box_unclip_ratio=0.8,1.0``;
+``grid.split_thresh=none,0.5``
 tries cutting regions at a second threshold, ``none`` for off; ``grid.threshold_map_offset=none,0,0.05``
 binarizes where the probability is above the network's own threshold map plus the offset (and
 above ``thresh``): DB's binary map at inference, ``none`` for the fixed ``thresh`` alone; the
@@ -37,22 +40,36 @@ from ocr.lightning_module import DBNetModule, decode_probabilities, probability_
 GRID = {
     "thresh": [0.2, 0.25, 0.3, 0.35, 0.4],
     "box_thresh": [0.4, 0.5, 0.6, 0.7],
-    "box_unclip_ratio": [1.2, 1.3, 1.4, 1.5, 1.6, 1.8],
     "split_thresh": [None],
     "threshold_map_offset": [None],
 }
-POLYGON_GRID = {"thresh": [0.25, 0.3, 0.35], "box_thresh": [0.5, 0.6], "polygon_unclip_ratio": [1.4, 1.6, 1.8, 2.0]}
+POLYGON_GRID = {"thresh": [0.25, 0.3, 0.35, 0.4], "box_thresh": [0.5, 0.6]}
+# the unclip ratios tried, as multiples of the checkpoint's own: from 20 % less growth to 40 % more
+UNCLIP_FACTORS = (0.8, 0.9, 1.0, 1.1, 1.2, 1.4)
 
 
-def settings(replaced: dict[str, list[float]] | None = None, polygons: bool = True) -> list[dict]:
+def unclip_ratios(own: float) -> list[float]:
+    """The ratios around ``own`` that the grid tries unless told otherwise."""
+    return sorted({round(own * factor, 2) for factor in UNCLIP_FACTORS})
+
+
+def settings(
+    replaced: dict[str, list[float]] | None = None,
+    polygons: bool = True,
+    box_unclip_ratio: float = 1.5,
+    polygon_unclip_ratio: float = 2.0,
+) -> list[dict]:
     """Every combination of the box grid (then the polygon grid), with ``replaced`` values for the
-    settings it names."""
+    settings it names; the unclip ratios bracket the given ones (the checkpoint's)."""
     replaced = replaced or {}
-    unknown = set(replaced) - set(GRID) - set(POLYGON_GRID)
+    box_defaults = {**GRID, "box_unclip_ratio": unclip_ratios(box_unclip_ratio)}
+    polygon_defaults = {**POLYGON_GRID, "polygon_unclip_ratio": unclip_ratios(polygon_unclip_ratio)}
+    unknown = set(replaced) - set(box_defaults) - set(polygon_defaults)
     if unknown:
-        raise SystemExit(f"no grid setting {', '.join(sorted(unknown))}; known: {', '.join(sorted({*GRID, *POLYGON_GRID}))}")
-    box_grid = {k: replaced.get(k, v) for k, v in GRID.items()}
-    polygon_grid = {k: replaced.get(k, v) for k, v in POLYGON_GRID.items()}
+        known = ", ".join(sorted({*box_defaults, *polygon_defaults}))
+        raise SystemExit(f"no grid setting {', '.join(sorted(unknown))}; known: {known}")
+    box_grid = {k: replaced.get(k, v) for k, v in box_defaults.items()}
+    polygon_grid = {k: replaced.get(k, v) for k, v in polygon_defaults.items()}
     quads = [dict(zip(box_grid, values), use_polygon=False) for values in itertools.product(*box_grid.values())]
     # a split threshold only means something above the region threshold
     quads = [q for q in quads if q.get("split_thresh") is None or q["split_thresh"] > q["thresh"]]
@@ -107,9 +124,10 @@ def decode(module: DBNetModule, setting: dict, logits: torch.Tensor, batch: dict
 
 def main(argv: list[str]) -> list[tuple[dict, dict]]:
     replaced, polygons, argv = split_grid_arguments(argv)
-    grid = settings(replaced, polygons)
+    settings(replaced, polygons)  # an unknown grid setting fails before the checkpoint loads
     own, overrides = parse(argv, __doc__)
     cfg, module, dataset = load(own, overrides)
+    grid = settings(replaced, polygons, module.postprocess.box_unclip_ratio, module.postprocess.polygon_unclip_ratio)
     start = time.perf_counter()
     cached = [(batch, logits) for batch, logits, _ in network_outputs(cfg, module, dataset)]
     use_thresholds = any(setting.get("threshold_map_offset") is not None for setting in grid)

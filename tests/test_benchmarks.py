@@ -79,6 +79,14 @@ def test_postprocess_grid_values_from_the_command_line():
     assert {s["box_unclip_ratio"] for s in grid} == {0.8, 1.0} and {s["thresh"] for s in grid} == {0.3}
     with_polygons = postprocess_grid.settings({"thresh": [0.3]})
     assert {s["thresh"] for s in with_polygons} == {0.3} and any(s["use_polygon"] for s in with_polygons)
+    # without grid values the unclip ratios bracket the checkpoint's own: the receipt kernels' 1.0 / 1.3
+    # as well as DBNet's 1.5 / 2.0
+    for box, polygon in ((1.0, 1.3), (1.5, 2.0)):
+        tried = postprocess_grid.settings(box_unclip_ratio=box, polygon_unclip_ratio=polygon)
+        box_ratios = {s["box_unclip_ratio"] for s in tried if not s["use_polygon"]}
+        polygon_ratios = {s["polygon_unclip_ratio"] for s in tried if s["use_polygon"]}
+        assert box in box_ratios and min(box_ratios) < box < max(box_ratios)
+        assert polygon in polygon_ratios and min(polygon_ratios) < polygon < max(polygon_ratios)
     with pytest.raises(SystemExit, match="no grid setting unclip"):
         postprocess_grid.settings({"unclip": [1.0]})
     with pytest.raises(SystemExit, match="comma-separated numbers"):

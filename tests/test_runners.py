@@ -154,10 +154,14 @@ def test_accuracy_benchmark_and_postprocess_grid_agree(trained, tiny, monkeypatc
     assert scores["seconds per image"] > 0
 
     default = {"thresh": 0.3, "box_thresh": 0.6, "box_unclip_ratio": 1.5}  # configs/preset/models/postprocess
-    monkeypatch.setattr(postprocess_grid, "GRID", {"thresh": [0.3, 0.5], "box_thresh": [0.6], "box_unclip_ratio": [1.5, 2.0]})
-    monkeypatch.setattr(postprocess_grid, "POLYGON_GRID", {"thresh": [0.3], "box_thresh": [0.6], "polygon_unclip_ratio": [2.0]})
+    monkeypatch.setattr(postprocess_grid, "GRID", {"thresh": [0.3, 0.5], "box_thresh": [0.6]})
+    monkeypatch.setattr(postprocess_grid, "POLYGON_GRID", {"thresh": [0.3], "box_thresh": [0.6]})
+    monkeypatch.setattr(postprocess_grid, "UNCLIP_FACTORS", (1.0, 1.2))
     results = postprocess_grid.main([f"checkpoint_path={checkpoint}", *data, *overrides])
-    assert len(results) == 5
+    # the unclip ratios tried are the checkpoint's own (1.5 for boxes, 2.0 for polygons) and 1.2 times them
+    assert sorted((s["use_polygon"], s.get("box_unclip_ratio", s.get("polygon_unclip_ratio"))) for s, _ in results) == [
+        (False, 1.5), (False, 1.5), (False, 1.8), (False, 1.8), (True, 2.0), (True, 2.4)
+    ]
     keys = [(-s["IoU hmean (pooled)"], -s["CLEval hmean"]) for _, s in results]
     assert keys == sorted(keys)
     same = next(s for setting, s in results if not setting["use_polygon"] and all(setting[k] == v for k, v in default.items()))
@@ -167,7 +171,7 @@ def test_accuracy_benchmark_and_postprocess_grid_agree(trained, tiny, monkeypatc
     # the grid from the command line: the same rows for the settings both runs tried
     narrowed = postprocess_grid.main([f"checkpoint_path={checkpoint}", *data, *overrides, "grid.thresh=0.3", "polygons=false"])
     tried = sorted((setting for setting, _ in narrowed), key=lambda setting: setting["box_unclip_ratio"])
-    assert tried == [{"thresh": 0.3, "box_thresh": 0.6, "box_unclip_ratio": r, "use_polygon": False} for r in (1.5, 2.0)]
+    assert tried == [{"thresh": 0.3, "box_thresh": 0.6, "box_unclip_ratio": r, "use_polygon": False} for r in (1.5, 1.8)]
     for setting, s in narrowed:
         twin = next(t for other, t in results if other == setting)
         assert s["IoU hmean (pooled)"] == pytest.approx(twin["IoU hmean (pooled)"])
