@@ -36,6 +36,7 @@ from omegaconf import DictConfig
 from benchmarks.accuracy import evaluate, inference_autocast, load, network_outputs, parse, record
 from ocr.data.dataset import ReceiptDataset, collate_receipts
 from ocr.lightning_module import DBNetModule, decode_probabilities, probability_maps
+from ocr.models.postprocess import DBPostProcessor
 
 GRID = {
     "thresh": [0.2, 0.25, 0.3, 0.35, 0.4],
@@ -56,8 +57,8 @@ def unclip_ratios(own: float) -> list[float]:
 def settings(
     replaced: dict[str, list[float]] | None = None,
     polygons: bool = True,
-    box_unclip_ratio: float = 1.5,
-    polygon_unclip_ratio: float = 2.0,
+    box_unclip_ratio: float = DBPostProcessor.box_unclip_ratio,
+    polygon_unclip_ratio: float = DBPostProcessor.polygon_unclip_ratio,
 ) -> list[dict]:
     """Every combination of the box grid (then the polygon grid), with ``replaced`` values for the
     settings it names; the unclip ratios bracket the given ones (the checkpoint's)."""
