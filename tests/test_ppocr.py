@@ -281,7 +281,7 @@ def test_paddleocrs_training_normalisation_reaches_the_network_in_bgr_order(tmp_
     assert encoder.input_mean == (0.406, 0.456, 0.485) and encoder.input_std == (0.225, 0.224, 0.229)
     with pytest.raises(ValueError, match=r"bgr_std=\[0\.229, 0\.0, 0\.225\]: three finite numbers each, the std above 0"):
         PPOCRDetector(tmp_path / "d.onnx", bgr_std=[0.229, 0.0, 0.225])
-    for bad in ([0.485, float("nan"), 0.406], [0.485, 0.456], ["a", 0.456, 0.406]):  # never a silent NaN or shape error
+    for bad in ([0.485, float("nan"), 0.406], [0.485, 0.456], ["a", 0.456, 0.406], 0.5, "0.5"):  # never a silent NaN or shape error
         with pytest.raises(ValueError, match=r"bgr_mean=.*: three finite numbers each"):
             PPOCRBackbone(tmp_path / "bb.onnx", feature_names=["f4", "f8", "f16", "f32"], bgr_mean=bad)
 

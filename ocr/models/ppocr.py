@@ -43,7 +43,8 @@ def rgb_normalisation(bgr_mean: Sequence[float] | None, bgr_std: Sequence[float]
     configs write it; None: RapidOCR's 0.5."""
     mean = bgr_mean if bgr_mean is not None else RAPIDOCR_BGR_MEAN
     std = bgr_std if bgr_std is not None else RAPIDOCR_BGR_STD
-    problem = f"bgr_mean={list(mean)}, bgr_std={list(std)}: three finite numbers each, the std above 0"
+    shown = [list(v) if hasattr(v, "__iter__") and not isinstance(v, str) else v for v in (mean, std)]
+    problem = f"bgr_mean={shown[0]}, bgr_std={shown[1]}: three finite numbers each, the std above 0"
     try:
         mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
     except (TypeError, ValueError):
