@@ -207,6 +207,47 @@ def test_training_pipeline_gives_fixed_size_crops_with_text():
         assert out_image.shape == (384, 384, 3) and len(out) > 0
 
 
+class _AugmentedCrops(torch.utils.data.Dataset):
+    """The same page augmented once per index: what each DataLoader worker draws."""
+
+    def __init__(self, augment, page, polygons):
+        self.augment, self.page, self.polygons = augment, page, polygons
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return self.augment(self.page, self.polygons, [False] * len(self.polygons))[0]
+
+
+def test_training_crops_repeat_under_the_run_seed_and_differ_between_seeds_and_workers():
+    # albumentations' generators are its own: left unseeded they draw from the OS, and seed=42 would not repeat a run
+    page = np.random.default_rng(0).integers(0, 256, (700, 450, 3), dtype=np.uint8)
+    polygons = [np.array(rect(20, y, 200, y + 16), float) for y in range(20, 680, 30)]
+
+    def pipeline():
+        return PolygonAugment([RandomRescale(640, (0.5, 1.5)), TextAwareRandomCrop(128, 128), A.ColorJitter(p=0.5)])
+
+    def crops(global_seed):  # as seed_everything leaves numpy's global generator
+        np.random.seed(global_seed)
+        augment = pipeline()
+        return [augment(page, polygons, [False] * len(polygons))[0] for _ in range(4)]
+
+    first = crops(1)
+    assert all(np.array_equal(a, b) for a, b in zip(first, crops(1)))
+    assert not any(np.array_equal(a, b) for a, b in zip(first, crops(2)))
+    assert not np.array_equal(first[0], first[1])  # one stream, not one draw repeated
+
+    def worker_crops():  # worker 0 augments items 0 and 2, worker 1 items 1 and 3
+        torch.manual_seed(3)  # the DataLoader's base seed, which seed_everything fixes
+        loader = torch.utils.data.DataLoader(_AugmentedCrops(pipeline(), page, polygons), batch_size=None, num_workers=2)
+        return [crop.numpy() for crop in loader]
+
+    by_worker = worker_crops()
+    assert not np.array_equal(by_worker[0], by_worker[1])  # the workers do not share one stream
+    assert all(np.array_equal(a, b) for a, b in zip(by_worker, worker_crops()))
+
+
 def test_eval_resize_is_a_multiple_of_32_and_invertible():
     resize = ResizeForEval(640)
     image = np.zeros((1000, 463, 3), np.uint8)

@@ -255,6 +255,23 @@ def test_a_pretrained_ppocr_backbone_trains_under_the_dbnet_head_and_is_rebuilt_
     assert len(read_submission_csv(root / "backbone_pred" / "submissions" / "submission.csv")) == 3
 
 
+def test_the_same_seed_repeats_a_training_run_with_dataloader_workers(tiny):
+    # seed=42 reaches the augmentation's draws in every worker process: the crops, and so the weights, repeat
+    import torch
+
+    root, common = tiny
+    states = []
+    for name in ("repeat_a", "repeat_b"):
+        run_runner(
+            "train.py", f"exp_name={name}", f"output_dir={root / name}", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+            "test_after_fit=false", "predict_after_fit=false", *common, "datasets.num_workers=2",
+        )
+        states.append(torch_load(root / name / "checkpoints" / "last.ckpt")["state_dict"])
+    first, second = states
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[key], second[key]) for key in first)
+
+
 def test_accuracy_benchmark_scores_a_configured_network_without_a_checkpoint(tiny, capsys):
     # checkpoint_path=none: preset=sroie_ppocr's pretrained detector zero-shot, here the stand-in
     from benchmarks import accuracy

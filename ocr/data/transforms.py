@@ -11,12 +11,14 @@ map back to original pixels exactly.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
 import albumentations as A
 import cv2
 import numpy as np
+import torch
 
 from ocr.geometry import NETWORK_MULTIPLE, clip_polygon_to_frame, round_to_multiple
 
@@ -65,18 +67,35 @@ class ResizeForEval:
 
 
 class PolygonAugment:
-    """An albumentations pipeline applied to an image and its polygons (``seed``: the same draw
-    on every call sequence, as albumentations' ``Compose(seed=...)``)."""
+    """An albumentations pipeline applied to an image and its polygons.
+
+    ``seed``: the same draws on every call sequence, in every process, as albumentations'
+    ``Compose(seed=...)`` (a fixed perturbation of a benchmark set). ``None`` (training): the
+    pipeline is seeded on its first call in each process from numpy's global generator, which
+    ``seed_everything(seed, workers=True)`` and the DataLoader seed per run, worker and rank, so a
+    run's crops repeat with its ``seed`` and differ between workers; albumentations' own
+    generators are not reached by global seeding, and left unseeded they draw from the OS."""
 
     def __init__(self, transforms: Sequence[A.BasicTransform], min_area: float = 4.0, seed: int | None = None):
         self.pipeline = A.Compose(
             list(transforms), keypoint_params=A.KeypointParams(format="xy", remove_invisible=False), seed=seed
         )
         self.min_area = min_area
+        self.seed = seed
+        self._seeded_in_process: int | None = None
+
+    def _seed_once_per_process(self) -> None:
+        if self.seed is not None or self._seeded_in_process == os.getpid():
+            return
+        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+        drawn = int(np.random.randint(0, 2**31 - 1))  # the process's seeded stream: worker-distinct
+        self.pipeline.set_random_seed(int(np.random.SeedSequence([drawn, rank]).generate_state(1)[0]))
+        self._seeded_in_process = os.getpid()
 
     def move(self, image: np.ndarray, polygons: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """The transformed image and every polygon's vertices moved with it, in order, unclipped."""
         keypoints = np.concatenate(polygons, axis=0) if len(polygons) else np.zeros((0, 2))
+        self._seed_once_per_process()
         out = self.pipeline(image=image, keypoints=keypoints)
         moved = np.asarray(out["keypoints"], dtype=np.float64).reshape(-1, 2)
         if len(moved) != len(keypoints):  # would mean vertices were dropped and mixed up
