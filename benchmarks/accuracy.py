@@ -13,7 +13,7 @@ hmean (mean of per-image scores, as the competition leaderboard) and seconds per
 (network + post-processing, batch 1, this machine; ``device=cuda`` or ``device=cpu``, by default
 the GPU when there is one). Then where the errors are: IoU recall by the words' short side, and the
 unmatched words and boxes by class (merged, split, missed, loose; on text, background; see
-``ocr/metrics/errors.py``).
+``ocr/metrics/errors.py``), and the scores of narrow receipts and wide pages apart.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from ocr.checkpoints import load_checkpoint_into
 from ocr.config import register_resolvers
 from ocr.data.dataset import ReceiptDataset, collate_receipts
 from ocr.factory import build_module
+from ocr.geometry import upright_size
 from ocr.lightning_module import DBNetModule
 from ocr.metrics.cleval import cleval_image_scores
 from ocr.metrics.common import as_polygons, dont_care_flags
@@ -172,6 +173,11 @@ def classify(records: Iterable[tuple[str, Any, Any, Any, Any]]) -> Classified:
     return classified
 
 
+def short_side(polygon: np.ndarray) -> float:
+    """A word's height: the short side of its minimum-area rectangle (0 for fewer than 3 points)."""
+    return float(min(cv2.minAreaRect(polygon.astype(np.float32))[1])) if len(polygon) >= 3 else 0.0
+
+
 def recall_by_text_size(classified: Classified) -> list[tuple[str, int, float]]:
     """(size range, care GT, IoU recall) per GT short-side range: where the missed words are."""
     edges = np.asarray(TEXT_SIZE_EDGES, dtype=np.float64)
@@ -181,8 +187,7 @@ def recall_by_text_size(classified: Classified) -> list[tuple[str, int, float]]:
         for polygon, label in zip(gts, errors.gt):
             if label == "dont_care":
                 continue
-            short_side = min(cv2.minAreaRect(polygon.astype(np.float32))[1]) if len(polygon) >= 3 else 0.0
-            bucket = int(np.searchsorted(edges, short_side, side="right")) - 1
+            bucket = int(np.searchsorted(edges, short_side(polygon), side="right")) - 1
             totals[bucket] += 1
             found[bucket] += label == "matched"
     labels = [f"{lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:])] + [f">= {edges[-1]:g}"]
@@ -225,6 +230,55 @@ def print_breakdowns(records: list[tuple[str, Any, Any, Any, Any]]) -> None:
         print(f"| {ERROR_ROWS[key]} | {boxes[key]} | {boxes[key] / max(boxes.total(), 1):.4f} |")
 
 
+# page width / height, upright: shop receipts are narrow strips (sroie_dev: 0.3-0.6), A4 page scans 0.71
+PAGE_SHAPES = (("narrow: width / height <= 0.65", 0.0, 0.65), ("wide: width / height > 0.65", 0.65, float("inf")))
+
+
+def care_word_heights(records: list[tuple[str, Any, Any, Any, Any]]) -> list[float]:
+    """:func:`short_side` of every care word of the records (``###`` words left out, as scored)."""
+    heights = []
+    for _, gt_polygons, gt_ignore, gt_texts, _ in records:
+        gts = as_polygons(gt_polygons)
+        ignore = dont_care_flags(len(gts), gt_ignore, gt_texts)
+        heights += [short_side(polygon) for polygon, skip in zip(gts, ignore) if not skip]
+    return heights
+
+
+def scores_by_page_shape(
+    records: list[tuple[str, Any, Any, Any, Any]], aspects: list[float]
+) -> list[tuple[str, int, list[float], dict[str, float] | None]]:
+    """(page shape, pages, care words' heights, :func:`evaluate` scores or None without pages) per
+    range of :data:`PAGE_SHAPES`; ``aspects``: each record's page width / height."""
+    if len(aspects) != len(records):
+        raise ValueError(f"{len(records)} records but {len(aspects)} page shapes")
+    rows = []
+    for label, low, high in PAGE_SHAPES:
+        pages = [r for r, aspect in zip(records, aspects) if low < aspect <= high]
+        rows.append((label, len(pages), care_word_heights(pages), evaluate(pages) if pages else None))
+    return rows
+
+
+def print_page_shapes(records: list[tuple[str, Any, Any, Any, Any]], aspects: list[float]) -> None:
+    """The scores of :func:`scores_by_page_shape` as a table."""
+    columns = ("pages", "care words", "median short side (px)", "IoU precision", "IoU recall", "IoU hmean", "CLEval hmean")
+    print(f"\n| page shape | {' | '.join(columns)} |")
+    print("| --- " * (len(columns) + 1) + "|")
+    for label, pages, heights, scores in scores_by_page_shape(records, aspects):
+        if scores is None:
+            print(f"| {label} | 0 | 0 | | | | | |")
+            continue
+        median = f"{np.median(heights):.1f}" if heights else ""
+        values = (scores[f"IoU {k} (pooled)"] for k in ("precision", "recall", "hmean"))
+        print(f"| {label} | {pages} | {len(heights)} | {median} | {' | '.join(f'{v:.4f}' for v in values)} | "
+              f"{scores['CLEval hmean']:.4f} |")
+
+
+def page_aspect(batch: dict[str, Any]) -> float:
+    """Width / height of a batch of one page, upright: the stored size, turned by its EXIF orientation."""
+    width, height = upright_size(batch["orientation"][0], batch["raw_size"][0])
+    return width / height
+
+
 def record(batch: dict[str, Any], found: Detections) -> tuple[str, Any, Any, Any, Any]:
     """The :func:`evaluate` record of a batch of one image and its detections."""
     return batch["name"][0], batch["gt_polygons"][0], batch["gt_ignore"][0], batch["gt_texts"][0], found.polygons
@@ -245,18 +299,20 @@ def print_table(result: dict[str, float]) -> None:
 def main(argv: list[str]) -> dict[str, float]:
     own, overrides = parse(argv)
     cfg, module, dataset = load(own, overrides)
-    records, seconds = [], []
+    records, seconds, aspects = [], [], []
     for batch, logits, network_seconds in network_outputs(cfg, module, dataset):
         start = time.perf_counter()
         found = module.decode(logits, batch)[0]
         seconds.append(network_seconds + time.perf_counter() - start)
         records.append(record(batch, found))
+        aspects.append(page_aspect(batch))
     result = {**evaluate(records), "seconds per image": float(np.mean(seconds))}
     print(f"\n{len(dataset)} images from {own['images']}; checkpoint {own['checkpoint_path']}; "
           f"eval resize {cfg.datasets.eval_resize.mode} {cfg.image_size}; {describe(module.mean.device)}, "
           f"{cfg.trainer.precision}, TTA scales {list(module.tta_scales) or 'none'}")
     print_table(result)
     print_breakdowns(records)
+    print_page_shapes(records, aspects)
     return result
 
 

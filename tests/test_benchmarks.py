@@ -343,3 +343,29 @@ def test_loader_speed_times_each_stage_of_a_training_sample(tiny, capsys):
     assert workers[200] == int(np.ceil(200 * best["total"] / 1000)) and workers[650] >= workers[200]
     with pytest.raises(SystemExit, match="samples=0"):
         loader_speed.main(["preset=example", *overrides, "samples=0"])
+
+
+def test_scores_by_page_shape_score_narrow_receipts_and_wide_pages_apart():
+    from benchmarks.accuracy import page_aspect, scores_by_page_shape
+
+    words = [np.array(rect(10, 10, 60, 30), float), np.array(rect(80, 10, 140, 30), float)]
+    # a narrow receipt found whole; a wide page with one of its two words missed
+    receipt = ("receipt.jpg", words, None, ["TOTAL", "9.90"], list(words))
+    page = ("page.jpg", words, None, ["TOTAL", "9.90"], [words[0]])
+    aspects = [page_aspect({"raw_size": [(500, 1600)], "orientation": [1]}),
+               # stored 1600 x 1131 with a quarter turn (EXIF 6): upright 1131 x 1600
+               page_aspect({"raw_size": [(1600, 1131)], "orientation": [6]})]
+    assert aspects == [500 / 1600, 1131 / 1600]
+    (narrow, narrow_pages, narrow_heights, narrow_scores), (wide, wide_pages, wide_heights, wide_scores) = (
+        scores_by_page_shape([receipt, page], aspects))
+    assert narrow.startswith("narrow") and wide.startswith("wide") and narrow_pages == wide_pages == 1
+    assert narrow_heights == wide_heights == [20.0, 20.0]  # both words 20 px tall
+    assert narrow_scores["IoU hmean (pooled)"] == 1.0
+    assert wide_scores["IoU precision (pooled)"] == 1.0 and wide_scores["IoU recall (pooled)"] == 0.5
+    # no page of a shape: no scores for it, rather than zeros
+    assert scores_by_page_shape([receipt], aspects[:1])[1] == (wide, 0, [], None)
+    # a "###" word is not a care word, as the scores count it
+    dont_care = ("page.jpg", words, None, ["TOTAL", "###"], list(words))
+    assert scores_by_page_shape([dont_care], aspects[1:])[1][2] == [20.0]
+    with pytest.raises(ValueError, match="2 records but 1"):
+        scores_by_page_shape([receipt, page], aspects[:1])

@@ -150,6 +150,10 @@ def test_accuracy_benchmark_and_postprocess_grid_agree(trained, tiny, monkeypatc
     assert "| IoU hmean (pooled) |" in printed and "| CLEval hmean |" in printed
     assert "| GT short side (px) | care GT | IoU recall |" in printed
     assert "| unmatched care words | count | share of care words |" in printed and "| background: no word" in printed
+    # every page in one of the two page-shape rows
+    shape_rows = [line.split(" | ") for line in printed.splitlines() if line.startswith(("| narrow:", "| wide:"))]
+    num_images = len(json.loads((root / "data" / "jsons" / "test.json").read_text())["images"])
+    assert len(shape_rows) == 2 and sum(int(row[1]) for row in shape_rows) == num_images
     assert all(0.0 <= scores[k] <= 1.0 for k in scores if k != "seconds per image")
     assert scores["seconds per image"] > 0
 
