@@ -39,6 +39,7 @@ from omegaconf import DictConfig
 from ocr.checkpoints import load_checkpoint_into
 from ocr.config import register_resolvers
 from ocr.data.dataset import ReceiptDataset, collate_receipts
+from ocr.data.images import probe_image
 from ocr.factory import build_module
 from ocr.geometry import upright_size
 from ocr.lightning_module import DBNetModule
@@ -277,6 +278,12 @@ def page_aspect(batch: dict[str, Any]) -> float:
     """Width / height of a batch of one page, upright: the stored size, turned by its EXIF orientation."""
     width, height = upright_size(batch["orientation"][0], batch["raw_size"][0])
     return width / height
+
+
+def file_aspect(path: str | Path) -> float:
+    """:func:`page_aspect` of an image file, from its header alone."""
+    header = probe_image(path)
+    return page_aspect({"orientation": [header.orientation], "raw_size": [header.size]})
 
 
 def record(batch: dict[str, Any], found: Detections) -> tuple[str, Any, Any, Any, Any]:

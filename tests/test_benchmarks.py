@@ -20,10 +20,15 @@ def truth(tmp_path):
     return image_dir, json_path, images
 
 
-def test_ground_truth_as_predictions_scores_one(truth, tmp_path):
+def test_ground_truth_as_predictions_scores_one(truth, tmp_path, capsys):
     image_dir, json_path, _ = truth
     scores = score_predictions.main([f"predictions={json_path}", f"images={image_dir}", f"annotations={json_path}"])
     assert scores["IoU hmean (pooled)"] == 1.0 and scores["CLEval hmean"] == pytest.approx(1.0)
+    # both 200 x 120 pages are wide ones, with their 3 words
+    rows = {line.split(" | ")[0]: line.split(" | ")[1:] for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("| narrow:", "| wide:"))}
+    narrow, wide = rows["| narrow: width / height <= 0.65"], rows["| wide: width / height > 0.65"]
+    assert narrow[:2] == ["0", "0"] and wide[:6] == ["2", "3", "20.0", "1.0000", "1.0000", "1.0000"]
 
 
 def test_submission_csv_with_a_missing_word_and_a_missing_image(truth, tmp_path):
