@@ -274,16 +274,16 @@ def print_page_shapes(records: list[tuple[str, Any, Any, Any, Any]], aspects: li
               f"{scores['CLEval hmean']:.4f} |")
 
 
-def page_aspect(batch: dict[str, Any]) -> float:
-    """Width / height of a batch of one page, upright: the stored size, turned by its EXIF orientation."""
-    width, height = upright_size(batch["orientation"][0], batch["raw_size"][0])
+def page_aspect(orientation: int, raw_size: tuple[int, int]) -> float:
+    """Width / height of a page, upright: its stored (width, height), turned by its EXIF orientation."""
+    width, height = upright_size(orientation, raw_size)
     return width / height
 
 
 def file_aspect(path: str | Path) -> float:
     """:func:`page_aspect` of an image file, from its header alone."""
     header = probe_image(path)
-    return page_aspect({"orientation": [header.orientation], "raw_size": [header.size]})
+    return page_aspect(header.orientation, header.size)
 
 
 def record(batch: dict[str, Any], found: Detections) -> tuple[str, Any, Any, Any, Any]:
@@ -312,7 +312,7 @@ def main(argv: list[str]) -> dict[str, float]:
         found = module.decode(logits, batch)[0]
         seconds.append(network_seconds + time.perf_counter() - start)
         records.append(record(batch, found))
-        aspects.append(page_aspect(batch))
+        aspects.append(page_aspect(batch["orientation"][0], batch["raw_size"][0]))
     result = {**evaluate(records), "seconds per image": float(np.mean(seconds))}
     print(f"\n{len(dataset)} images from {own['images']}; checkpoint {own['checkpoint_path']}; "
           f"eval resize {cfg.datasets.eval_resize.mode} {cfg.image_size}; {describe(module.mean.device)}, "

@@ -357,9 +357,9 @@ def test_scores_by_page_shape_score_narrow_receipts_and_wide_pages_apart():
     # a narrow receipt found whole; a wide page with one of its two words missed
     receipt = ("receipt.jpg", words, None, ["TOTAL", "9.90"], list(words))
     page = ("page.jpg", words, None, ["TOTAL", "9.90"], [words[0]])
-    aspects = [page_aspect({"raw_size": [(500, 1600)], "orientation": [1]}),
+    aspects = [page_aspect(1, (500, 1600)),
                # stored 1600 x 1131 with a quarter turn (EXIF 6): upright 1131 x 1600
-               page_aspect({"raw_size": [(1600, 1131)], "orientation": [6]})]
+               page_aspect(6, (1600, 1131))]
     assert aspects == [500 / 1600, 1131 / 1600]
     (narrow, narrow_pages, narrow_heights, narrow_scores), (wide, wide_pages, wide_heights, wide_scores) = (
         scores_by_page_shape([receipt, page], aspects))
