@@ -44,7 +44,13 @@ GRID = {
     "split_thresh": [None],
     "threshold_map_offset": [None],
 }
-POLYGON_GRID = {"thresh": [0.25, 0.3, 0.35, 0.4], "box_thresh": [0.5, 0.6]}
+# a second threshold and the threshold map apply to polygons as to rectangles (off unless grid.* names them)
+POLYGON_GRID = {
+    "thresh": [0.25, 0.3, 0.35, 0.4],
+    "box_thresh": [0.5, 0.6],
+    "split_thresh": [None],
+    "threshold_map_offset": [None],
+}
 # the unclip ratios tried, as multiples of the checkpoint's own: from 20 % less growth to 40 % more
 UNCLIP_FACTORS = (0.8, 0.9, 1.0, 1.1, 1.2, 1.4)
 
@@ -73,9 +79,8 @@ def settings(
     polygon_grid = {k: replaced.get(k, v) for k, v in polygon_defaults.items()}
     quads = [dict(zip(box_grid, values), use_polygon=False) for values in itertools.product(*box_grid.values())]
     # a split threshold only means something above the region threshold
-    quads = [q for q in quads if q.get("split_thresh") is None or q["split_thresh"] > q["thresh"]]
     shapes = [dict(zip(polygon_grid, values), use_polygon=True) for values in itertools.product(*polygon_grid.values())]
-    return quads + (shapes if polygons else [])
+    return [s for s in quads + (shapes if polygons else []) if s["split_thresh"] is None or s["split_thresh"] > s["thresh"]]
 
 
 def split_grid_arguments(argv: list[str]) -> tuple[dict[str, list[float]], bool, list[str]]:

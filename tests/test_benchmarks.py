@@ -104,10 +104,15 @@ def test_postprocess_grid_values_from_the_command_line():
     assert replaced["split_thresh"] == [None, 0.4, 0.5]
     pairs = {(s["thresh"], s["split_thresh"]) for s in postprocess_grid.settings(replaced, polygons=False)}
     assert pairs == {(0.35, None), (0.35, 0.4), (0.35, 0.5), (0.4, None), (0.4, 0.5)}
+    # ... for polygons as for rectangles
+    shapes = [s for s in postprocess_grid.settings(replaced) if s["use_polygon"]]
+    assert {(s["thresh"], s["split_thresh"]) for s in shapes} == pairs
     # threshold-map offsets: "none" is the fixed threshold alone
     replaced = postprocess_grid.split_grid_arguments(["grid.threshold_map_offset=none,0,0.05", "grid.thresh=0.35"])[0]
     offsets = {s["threshold_map_offset"] for s in postprocess_grid.settings(replaced, polygons=False)}
     assert offsets == {None, 0.0, 0.05}
+    shapes = [s for s in postprocess_grid.settings(replaced) if s["use_polygon"]]
+    assert {s["threshold_map_offset"] for s in shapes} == {None, 0.0, 0.05}
 
 
 def test_postprocess_grid_decodes_with_the_threshold_map_plus_its_offset():
