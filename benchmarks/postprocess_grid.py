@@ -78,8 +78,8 @@ def settings(
     box_grid = {k: replaced.get(k, v) for k, v in box_defaults.items()}
     polygon_grid = {k: replaced.get(k, v) for k, v in polygon_defaults.items()}
     quads = [dict(zip(box_grid, values), use_polygon=False) for values in itertools.product(*box_grid.values())]
-    # a split threshold only means something above the region threshold
     shapes = [dict(zip(polygon_grid, values), use_polygon=True) for values in itertools.product(*polygon_grid.values())]
+    # a split threshold only means something above the region threshold
     return [s for s in quads + (shapes if polygons else []) if s["split_thresh"] is None or s["split_thresh"] > s["thresh"]]
 
 
