@@ -80,7 +80,7 @@ def settings(
     quads = [dict(zip(box_grid, values), use_polygon=False) for values in itertools.product(*box_grid.values())]
     shapes = [dict(zip(polygon_grid, values), use_polygon=True) for values in itertools.product(*polygon_grid.values())]
     # a split threshold only means something above the region threshold
-    return [s for s in quads + (shapes if polygons else []) if s["split_thresh"] is None or s["split_thresh"] > s["thresh"]]
+    return [s for s in quads + (shapes if polygons else []) if s.get("split_thresh") is None or s["split_thresh"] > s["thresh"]]
 
 
 def split_grid_arguments(argv: list[str]) -> tuple[dict[str, list[float]], bool, list[str]]:
