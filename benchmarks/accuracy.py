@@ -39,7 +39,6 @@ from omegaconf import DictConfig
 from ocr.checkpoints import load_checkpoint_into
 from ocr.config import register_resolvers
 from ocr.data.dataset import ReceiptDataset, collate_receipts
-from ocr.data.images import probe_image
 from ocr.factory import build_module
 from ocr.geometry import upright_size
 from ocr.lightning_module import DBNetModule
@@ -278,12 +277,6 @@ def page_aspect(orientation: int, raw_size: tuple[int, int]) -> float:
     """Width / height of a page, upright: its stored (width, height), turned by its EXIF orientation."""
     width, height = upright_size(orientation, raw_size)
     return width / height
-
-
-def file_aspect(path: str | Path) -> float:
-    """:func:`page_aspect` of an image file, from its header alone."""
-    header = probe_image(path)
-    return page_aspect(header.orientation, header.size)
 
 
 def record(batch: dict[str, Any], found: Detections) -> tuple[str, Any, Any, Any, Any]:

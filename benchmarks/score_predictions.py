@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.accuracy import evaluate, file_aspect, print_breakdowns, print_page_shapes, print_table
+from benchmarks.accuracy import evaluate, page_aspect, print_breakdowns, print_page_shapes, print_table
 from ocr.data.annotations import load_annotation_file, load_samples
 from ocr.submission import read_submission_csv
 
@@ -110,7 +110,7 @@ def main(argv: list[str]) -> dict:
     print(f"\n{len(samples)} images of {own['annotations']}; predictions {own['predictions']}")
     print_table(result)
     print_breakdowns(records)
-    print_page_shapes(records, [file_aspect(s.image_path) for s in samples])
+    print_page_shapes(records, [page_aspect(s.orientation, s.size) for s in samples])
     return result
 
 

@@ -98,6 +98,9 @@ def test_exif_orientation_moves_polygons_with_the_image(tmp_path, orientation):
     Image.fromarray(raw).save(path, exif=exif, quality=100)
     json_path = tmp_path / "train.json"
     json_path.write_text(json.dumps({"images": {"r.jpg": {"words": {"1": {"points": rect(70, 10, 89, 19)}}}}}))
+    # the loaded sample keeps what the header says: the stored size and the tag (page shapes read both)
+    sample = load_samples(path.parent, json_path)[0]
+    assert (sample.size, sample.orientation) == ((100, 60), orientation)
     dataset = ReceiptDataset(path.parent, json_path, resize=ResizeForEval(100, multiple=1))
     item = dataset[0]
     image = item["image"].numpy().transpose(1, 2, 0)

@@ -50,6 +50,7 @@ class Sample:
     texts: list[str | None] = field(default_factory=list)
     annotated: bool = False
     size: tuple[int, int] | None = None  # stored (width, height), from the image header
+    orientation: int = 1  # EXIF orientation tag, from the same header (1: stored upright)
 
 
 @dataclass
@@ -376,7 +377,7 @@ class _SplitLoader:
         if header is None:
             return None
         self.report.images += 1
-        return Sample(name, path, size=header.size)
+        return Sample(name, path, size=header.size, orientation=header.orientation)
 
     def annotated_sample(self, annotation_path: Path, name: str, entry: Any) -> Sample | None:
         where = f"{annotation_path}: image {name!r}"
