@@ -269,6 +269,23 @@ def test_ensemble_averages_weights_and_names_a_checkpoint_of_another_network():
         average_state_dicts([first, {**second, "w": torch.zeros(3)}], ["a.ckpt", "b.ckpt"])
 
 
+def test_ensemble_names_weights_that_started_from_other_random_weights():
+    """A copy trained a little further stays aligned with the first (cosine near 1); an independent
+    draw, as another seed's FPN and head, is nearly orthogonal. 1-D tensors (biases, batch-norm
+    statistics) are not judged: they start equal (zeros, ones) under any seed."""
+    import torch
+
+    from benchmarks.ensemble import unrelated_weights
+
+    generator = torch.Generator().manual_seed(0)
+    first = {"decoder.w": torch.randn(64, 32, 3, 3, generator=generator), "bn.bias": torch.zeros(64)}
+    nudged = {key: value + 0.1 * torch.randn(value.shape, generator=generator) for key, value in first.items()}
+    redrawn = {"decoder.w": torch.randn(64, 32, 3, 3, generator=generator), "bn.bias": torch.ones(64)}
+    assert unrelated_weights(first, nudged) == []
+    assert unrelated_weights(first, redrawn) == ["decoder.w"]
+    assert unrelated_weights(first, {"decoder.w": -first["decoder.w"]}) == ["decoder.w"]
+
+
 def test_ensemble_of_maps_decodes_the_mean_probability(monkeypatch):
     """Two networks that each see one of two words at 0.9: the averaged map holds both at 0.45."""
     import torch
@@ -318,7 +335,16 @@ def test_ensemble_of_one_checkpoint_twice_scores_as_the_checkpoint(tmp_path, cap
     for average in ("weights", "maps"):
         together = ensemble.main([f"checkpoints={checkpoint},{checkpoint}", f"average={average}", *common])
         assert together == pytest.approx(alone, abs=1e-6)
-        assert f"2 checkpoints, {average} averaged" in capsys.readouterr().out
+        printed = capsys.readouterr()
+        assert f"2 checkpoints, {average} averaged" in printed.out
+        assert "warning" not in printed.err
+    # another seed's network: its weights are unrelated to the first's, and averaging them says so
+    torch.manual_seed(1)
+    other = tmp_path / "other_seed.ckpt"
+    torch.save({"state_dict": build_module(compose_config("train", tiny_run_overrides(tmp_path))).state_dict(),
+                "ocr_config": module.run_config}, other)
+    ensemble.main([f"checkpoints={checkpoint},{other}", "average=weights", *common])
+    assert f"warning: {other}: " in capsys.readouterr().err
     with pytest.raises(SystemExit, match="name two or more"):
         ensemble.main([f"checkpoints={checkpoint}", "average=maps", *common])
 
