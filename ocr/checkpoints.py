@@ -100,6 +100,27 @@ def adopt_architecture(cfg: DictConfig, run_config: dict[str, Any]) -> None:
                 cfg.models[key] = stored[key]
 
 
+def load_weights_into(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Copy a checkpoint's ``state_dict`` into ``module``; raise CheckpointError naming the file and
+    the tensors that do not fit (missing, unexpected, or of another shape) instead of torch's error."""
+    own = module.state_dict()
+    problems = {
+        "missing": [k for k in own if k not in state_dict],
+        "unexpected": [k for k in state_dict if k not in own],
+        "of another shape": [
+            f"{k} {tuple(state_dict[k].shape)} for {tuple(own[k].shape)}"
+            for k in own
+            if k in state_dict and state_dict[k].shape != own[k].shape
+        ],
+    }
+    found = [
+        f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})" for what, keys in problems.items() if keys
+    ]
+    if found:
+        raise CheckpointError(f"{path}: its weights do not fit the network built for them: " + "; ".join(found))
+    module.load_state_dict(state_dict)
+
+
 def command_line_keys(overrides: list[str] | None = None) -> set[str]:
     """The config keys set by ``overrides`` (``key=value``, ``+key=value``...); by default
     the command line of the running Hydra app, none outside one."""

@@ -16,7 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from ocr.budget import TimeBudget
 from ocr.callbacks import PredictionCollector
-from ocr.checkpoints import adopt_architecture, load_checkpoint_into, read_checkpoint, with_current_targets
+from ocr.checkpoints import (
+    adopt_architecture,
+    load_checkpoint_into,
+    load_weights_into,
+    read_checkpoint,
+    with_current_targets,
+)
 from ocr.config import float32_cpu_suggestion, hardware_note
 from ocr.data.datamodule import ReceiptDataModule
 from ocr.factory import (
@@ -138,6 +144,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         checkpoint = read_checkpoint(cfg.resume, "checkpoint to resume from (resume=)", mmap=True)
         adopt_architecture(cfg, with_current_targets(checkpoint.get("ocr_config") or {}))
         continue_wandb_run(cfg, checkpoint)
+    initial_weights = _weights_to_start_from(cfg) if cfg.get("init_from") else None
     fetch_missing_files(cfg)  # pretrained files the network reads (fetch_if_missing)
     log.info("Hardware: %s", hardware_note(cfg))
     suggestion = float32_cpu_suggestion(cfg)
@@ -146,7 +153,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
     save_resolved_config(cfg, "config.yaml")
     if cfg.get("predict_after_fit"):
         check_writable(submission_folder(cfg))
-    return _with_loggers(cfg, "train", lambda loggers: _train(cfg, loggers))
+    return _with_loggers(cfg, "train", lambda loggers: _train(cfg, loggers, initial_weights))
+
+
+def _weights_to_start_from(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
+    """``init_from=``: the checkpoint's network put into ``cfg.models`` (its weights fit only that
+    network) and the checkpoint's path and weights; the optimizer, schedule and epoch start anew."""
+    path = str(cfg.init_from)
+    if is_artifact_reference(path):
+        # no run exists yet: the artifact is fetched through W&B's public API
+        path = str(fetch_model_artifact(path, None, Path(cfg.output_dir) / "artifacts")[0])
+    checkpoint = read_checkpoint(path, "checkpoint to start from (init_from=)", mmap=True)
+    adopt_architecture(cfg, with_current_targets(checkpoint.get("ocr_config") or {}))
+    epochs = checkpoint.get("epoch", -1) + 1
+    log.info("Starting from the weights of %s (trained %d epochs); new optimizer and schedule", path, epochs)
+    return path, checkpoint["state_dict"]
 
 
 def continue_wandb_run(cfg: DictConfig, checkpoint: dict[str, Any]) -> None:
@@ -168,9 +189,12 @@ def _best_checkpoint_callback(callbacks: list[Callback]) -> ModelCheckpoint | No
     return next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
 
 
-def _train(cfg: DictConfig, loggers: list[Logger]) -> dict[str, float]:
+def _train(cfg: DictConfig, loggers: list[Logger], initial_weights: tuple[str, dict[str, Any]] | None = None) -> dict[str, float]:
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
+    if initial_weights:
+        path, state_dict = initial_weights
+        load_weights_into(module, state_dict, path)
     callbacks = build_callbacks(cfg)
     checkpoint_callback = _best_checkpoint_callback(callbacks)
     collector = PredictionCollector()

@@ -139,6 +139,11 @@ def settings_errors(cfg: DictConfig, job: str) -> list[str]:
             f"lightning_module.encoder_frozen_epochs={frozen}: must be below trainer.max_epochs ({max_epochs}), "
             "or the encoder never trains"
         )
+    if job == "train" and cfg.get("resume") and cfg.get("init_from"):
+        errors.append(
+            f"init_from={cfg.init_from} with resume={cfg.resume}: name one; resume= continues a stopped run "
+            "(its optimizer, schedule and epoch), init_from= starts a new run from a checkpoint's weights"
+        )
     if job == "train" and cfg.trainer.get("max_epochs") == -1 and not positive_int(cfg.trainer.get("max_steps")):
         errors.append("trainer.max_epochs=-1 trains without end: set trainer.max_steps to a positive number of steps")
     return errors

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from shapely.geometry import Polygon as ShapelyPolygon
 
-from ocr.checkpoints import CheckpointError, read_checkpoint
+from ocr.checkpoints import CheckpointError, load_weights_into, read_checkpoint
 from ocr.config import CONFIG_DIR, compose_config
 from ocr.data import images
 from ocr.data.annotations import AnnotationError, load_samples
@@ -103,13 +103,41 @@ def _good_checkpoint_bytes(path: Path) -> bytes:
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_CHECKPOINTS))
-@pytest.mark.parametrize("what", ["checkpoint", "checkpoint to resume from (resume=)"])
+@pytest.mark.parametrize(
+    "what", ["checkpoint", "checkpoint to resume from (resume=)", "checkpoint to start from (init_from=)"]
+)
 def test_a_bad_checkpoint_is_named_with_what_was_expected(tmp_path, kind, what):
     path = BAD_CHECKPOINTS[kind](tmp_path / "model.ckpt")
     with pytest.raises(CheckpointError) as error:
-        read_checkpoint(path, what, mmap=what.startswith("checkpoint to resume"))
+        read_checkpoint(path, what, mmap=what != "checkpoint")
     message = str(error.value)
     assert str(path) in message and what in message and "expected a .ckpt file written by runners/train.py" in message
+
+
+def test_weights_that_do_not_fit_the_network_name_the_file_and_the_tensors():
+    network = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
+    other = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.Conv2d(16, 2, 1))
+    state = {k: v for k, v in other.state_dict().items() if k != "1.num_batches_tracked"}
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    with pytest.raises(CheckpointError) as error:
+        load_weights_into(network, state, "old.ckpt")
+    message = str(error.value)
+    assert message.startswith("old.ckpt: its weights do not fit the network built for them")
+    assert "2 unexpected (2.weight, 2.bias)" in message and "0.weight (16, 3, 3, 3) for (8, 3, 3, 3)" in message
+    assert "1 missing (1.num_batches_tracked)" in message
+    assert all(torch.equal(v, before[k]) for k, v in network.state_dict().items())  # nothing copied
+    fitting = {k: torch.full_like(v, 3) for k, v in network.state_dict().items()}
+    load_weights_into(network, fitting, "new.ckpt")
+    assert torch.equal(network[0].weight, torch.full_like(before["0.weight"], 3))
+
+
+def test_init_from_and_resume_together_are_refused():
+    from ocr.validation import settings_errors
+
+    cfg = compose_config("train", ["resume=a/last.ckpt", "init_from=b/last.ckpt"])
+    errors = settings_errors(cfg, "train")
+    assert any(e.startswith("init_from=b/last.ckpt with resume=a/last.ckpt: name one") for e in errors)
+    assert not settings_errors(compose_config("train", ["init_from=b/last.ckpt"]), "train")
 
 
 def test_a_missing_checkpoint_is_named(tmp_path):

@@ -86,6 +86,32 @@ def test_resume_continues_from_the_latest_epoch_and_keeps_the_first_logs(trained
     assert trained_epochs == {2}
 
 
+def test_init_from_starts_a_new_run_from_the_checkpoints_network_and_weights(trained, tiny):
+    import torch
+
+    root, common = tiny
+    source = trained / "checkpoints" / "last.ckpt"
+    out = root / "finetuned"
+    # a command line that names another network: fine-tuning starts from the checkpoint's; at a
+    # learning rate of 1e-9 the weights stay the checkpoint's, where a random start would not
+    result = run_runner(
+        "train.py", "exp_name=finetuned", f"output_dir={out}", f"init_from={source}", "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2", "models.optimizer.lr=1e-9", "test_after_fit=false", "predict_after_fit=false",
+        *common, "models.decoder.inner_channels=32",
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert "Using the checkpoint's models.decoder settings" in output and f"Starting from the weights of {source}" in output
+    start, last = torch_load(source), torch_load(out / "checkpoints" / "last.ckpt")
+    assert (last["epoch"], last["global_step"]) == (0, 2)  # a new run's first epoch, not the source's third
+    assert last["ocr_config"]["init_from"] == str(source)
+    assert last["ocr_config"]["models"]["decoder"]["inner_channels"] == 64
+    weights = [k for k, v in start["state_dict"].items() if v.is_floating_point() and "running_" not in k]
+    assert weights and last["state_dict"].keys() == start["state_dict"].keys()
+    for key in weights:
+        torch.testing.assert_close(last["state_dict"][key], start["state_dict"][key], atol=1e-6, rtol=0)
+    assert not (out / "logs" / "train-resumed-1").exists()  # its own logs, not a resumed run's
+
+
 def test_test_and_predict_runners_from_a_checkpoint(trained, tiny):
     root, common = tiny
     checkpoint = next((trained / "checkpoints").glob("epoch*.ckpt"))
