@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NamedTuple, TypeVar
 
 import lightning as L
 from hydra.utils import instantiate
@@ -144,7 +144,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         checkpoint = read_checkpoint(cfg.resume, "checkpoint to resume from (resume=)", mmap=True)
         adopt_architecture(cfg, with_current_targets(checkpoint.get("ocr_config") or {}))
         continue_wandb_run(cfg, checkpoint)
-    initial_weights = _weights_to_start_from(cfg) if cfg.get("init_from") else None
+    start = _weights_to_start_from(cfg) if cfg.get("init_from") else None
     fetch_missing_files(cfg)  # pretrained files the network reads (fetch_if_missing)
     log.info("Hardware: %s", hardware_note(cfg))
     suggestion = float32_cpu_suggestion(cfg)
@@ -153,21 +153,46 @@ def train(cfg: DictConfig) -> dict[str, float]:
     save_resolved_config(cfg, "config.yaml")
     if cfg.get("predict_after_fit"):
         check_writable(submission_folder(cfg))
-    return _with_loggers(cfg, "train", lambda loggers: _train(cfg, loggers, initial_weights))
+    return _with_loggers(cfg, "train", lambda loggers: _train(cfg, loggers, start))
 
 
-def _weights_to_start_from(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
+class StartingWeights(NamedTuple):
+    """``init_from=``: the checkpoint a fine-tuning run starts from, and its W&B artifact if fetched."""
+
+    path: str
+    checkpoint: dict[str, Any]
+    artifact: Any | None
+
+
+def _weights_to_start_from(cfg: DictConfig) -> StartingWeights:
     """``init_from=``: the checkpoint's network put into ``cfg.models`` (its weights fit only that
-    network) and the checkpoint's path and weights; the optimizer, schedule and epoch start anew."""
-    path = str(cfg.init_from)
+    network, and the run's config and W&B record must name it) and the checkpoint; the optimizer,
+    schedule and epoch start anew."""
+    path, artifact = str(cfg.init_from), None
     if is_artifact_reference(path):
-        # no run exists yet: the artifact is fetched through W&B's public API
-        path = str(fetch_model_artifact(path, None, Path(cfg.output_dir) / "artifacts")[0])
+        # the run's loggers do not exist yet: the artifact is fetched through W&B's public API and
+        # recorded as used once they do
+        fetched, artifact = fetch_model_artifact(path, None, Path(cfg.output_dir) / "artifacts")
+        path = str(fetched)
     checkpoint = read_checkpoint(path, "checkpoint to start from (init_from=)", mmap=True)
     adopt_architecture(cfg, with_current_targets(checkpoint.get("ocr_config") or {}))
     epochs = checkpoint.get("epoch", -1) + 1
     log.info("Starting from the weights of %s (trained %d epochs); new optimizer and schedule", path, epochs)
-    return path, checkpoint["state_dict"]
+    return StartingWeights(path, checkpoint, artifact)
+
+
+def _record_starting_model(cfg: DictConfig, loggers: list[Logger], start: StartingWeights) -> None:
+    """With W&B: the fine-tuning run used the model it started from (lineage), as test runs do."""
+    run = active_run(loggers) if cfg.get("wandb") else None
+    if run is None:
+        return
+    if start.artifact is None:
+        use_local_checkpoint(run, start.path, start.checkpoint)
+        return
+    try:
+        run.use_artifact(start.artifact)
+    except Exception as error:  # noqa: BLE001  (lineage is a nice-to-have: never fail the run)
+        log.warning("W&B: could not record model artifact %s as used: %s", cfg.init_from, error)
 
 
 def continue_wandb_run(cfg: DictConfig, checkpoint: dict[str, Any]) -> None:
@@ -189,12 +214,12 @@ def _best_checkpoint_callback(callbacks: list[Callback]) -> ModelCheckpoint | No
     return next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
 
 
-def _train(cfg: DictConfig, loggers: list[Logger], initial_weights: tuple[str, dict[str, Any]] | None = None) -> dict[str, float]:
+def _train(cfg: DictConfig, loggers: list[Logger], start: StartingWeights | None = None) -> dict[str, float]:
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
-    if initial_weights:
-        path, state_dict = initial_weights
-        load_weights_into(module, state_dict, path)
+    if start:
+        load_weights_into(module, start.checkpoint["state_dict"], start.path)
+        _record_starting_model(cfg, loggers, start)
     callbacks = build_callbacks(cfg)
     checkpoint_callback = _best_checkpoint_callback(callbacks)
     collector = PredictionCollector()

@@ -223,6 +223,43 @@ def test_a_wandb_model_reference_is_fetched_through_the_run(tmp_path):
     assert tracking_artifacts.model_reference(path, {}, artifact)["model_artifact"] == "team/proj/model-abc123:v0"
 
 
+def test_init_from_a_wandb_reference_fetches_the_model_and_the_run_records_it_as_used(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    import ocr.run as run_module
+    from ocr.config import compose_config
+
+    reference = "wandb:team/proj/model-abc123:best"
+    cfg = compose_config("train", [f"init_from={reference}", f"output_dir={tmp_path / 'out'}", "models.decoder.inner_channels=32"])
+    # the checkpoint's network: the same decoder at 96 channels
+    decoder = {**OmegaConf.to_container(cfg.models.decoder, resolve=True), "inner_channels": 96}
+    path = tmp_path / "download" / "model.ckpt"
+    path.parent.mkdir()
+    checkpoint = {**fake_checkpoint(path), "ocr_config": {"models": {"decoder": decoder}}}
+    torch.save(checkpoint, path)
+    artifact, calls = object(), []
+
+    def fetch(name, run, root):
+        calls.append((name, run, root))
+        return path, artifact
+
+    monkeypatch.setattr(run_module, "fetch_model_artifact", fetch)
+    start = run_module._weights_to_start_from(cfg)
+    assert calls == [(reference, None, tmp_path / "out" / "artifacts")]  # before any run: W&B's public API
+    assert start.path == str(path) and start.artifact is artifact and start.checkpoint["epoch"] == 3
+    assert cfg.models.decoder.inner_channels == 96  # its network, whatever the command line says
+
+    run = FakeRun()
+    monkeypatch.setattr(run_module, "active_run", lambda loggers: run)
+    run_module._record_starting_model(compose_config("train", ["wandb=true"]), [], start)
+    assert run.used == [artifact]  # lineage: the fine-tuned run used that model
+    local = run_module.StartingWeights(str(path), checkpoint, None)
+    run_module._record_starting_model(compose_config("train", ["wandb=true"]), [], local)
+    assert run.used[1].name.startswith("model-abc123") and run.used[1].type == "model"  # the local file, by its run's name
+    run_module._record_starting_model(compose_config("train", ["wandb=false"]), [], start)
+    assert len(run.used) == 2
+
+
 def test_artifact_references():
     assert tracking_artifacts.is_artifact_reference("wandb:team/proj/model-abc:best")
     assert tracking_artifacts.artifact_name("wandb:team/proj/model-abc:best") == "team/proj/model-abc:best"
