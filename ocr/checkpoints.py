@@ -87,7 +87,9 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint", mmap: bool = Fal
 def adopt_architecture(cfg: DictConfig, run_config: dict[str, Any]) -> None:
     """Put the checkpoint's network (``ARCHITECTURE_KEYS`` of its resolved ``run_config``) into
     ``cfg.models``: its weights fit only that network, whatever this machine's config resolves to
-    (``preset=sroie`` builds a narrower ResNet18 on float32 CPUs)."""
+    (``preset=sroie`` builds a narrower ResNet18 on float32 CPUs). A timm encoder is built without
+    its ImageNet weights (``pretrained: false``): the checkpoint's replace them, and a machine without
+    internet could not fetch them."""
     stored = run_config.get("models", {})
     if stored and "network" not in stored:  # saved before models.network existed: a DBNet
         stored = {**stored, "network": None}
@@ -98,6 +100,10 @@ def adopt_architecture(cfg: DictConfig, run_config: dict[str, Any]) -> None:
                 log.info("Using the checkpoint's models.%s settings: %s", key, stored[key])
             with open_dict(cfg.models):
                 cfg.models[key] = stored[key]
+    encoder = cfg.models.get("encoder")
+    if isinstance(encoder, DictConfig) and encoder.get("pretrained"):
+        with open_dict(encoder):
+            encoder.pretrained = False
 
 
 def load_weights_into(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:

@@ -77,9 +77,8 @@ def inference_module(run_config: dict[str, Any]) -> DBNetModule:
     """The LightningModule of a checkpoint's resolved run config (``checkpoint["ocr_config"]``) for
     inference: its network (``ocr.checkpoints.adopt_architecture`` + ``ocr.factory.build_model``,
     untrained: load the weights next), post-processor and TTA scales; no loss, optimizer or metrics,
-    and no Hydra composition. A timm encoder is built with ``pretrained=false`` (the weights come
-    from the checkpoint); a PP-OCR network's file is fetched when missing, as the runners do."""
-    from omegaconf import OmegaConf, open_dict
+    and no Hydra composition. A PP-OCR network's file is fetched when missing, as the runners do."""
+    from omegaconf import OmegaConf
 
     from ocr.checkpoints import adopt_architecture, with_current_targets
     from ocr.factory import build_model
@@ -87,11 +86,7 @@ def inference_module(run_config: dict[str, Any]) -> DBNetModule:
 
     run_config = with_current_targets(run_config)
     cfg = OmegaConf.create({"models": {}})
-    adopt_architecture(cfg, run_config)
-    encoder = cfg.models.get("encoder")
-    if encoder is not None and encoder.get("pretrained"):
-        with open_dict(encoder):
-            encoder.pretrained = False
+    adopt_architecture(cfg, run_config)  # a timm encoder without its ImageNet weights: the checkpoint's follow
     fetch_missing_files(cfg)
     models = run_config.get("models") or {}
     postprocess = build_setting(models["postprocess"]) if models.get("postprocess") else DBPostProcessor()

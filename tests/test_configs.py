@@ -162,6 +162,31 @@ def test_a_checkpoint_from_before_models_network_rebuilds_its_dbnet(tmp_path):
     assert type(build_model(cfg.models)).__name__ == "DBNet"
 
 
+def test_a_checkpoint_of_an_imagenet_backbone_rebuilds_it_without_downloading(tmp_path, monkeypatch):
+    # the GPU recipe's ResNet50 trained from ImageNet weights: test, predict, resume and init_from take
+    # the weights from the checkpoint, so a machine without internet can load it
+    import timm
+    from omegaconf import OmegaConf
+
+    from ocr.checkpoints import load_checkpoint_into
+
+    trained = OmegaConf.to_container(compose_config("train", ["preset=sroie_gpu"]), resolve=True)
+    assert trained["models"]["encoder"]["pretrained"] is True
+    path = tmp_path / "gpu.ckpt"
+    torch.save({"ocr_config": trained, "state_dict": {}}, path)
+    cfg = compose_config("test", [f"checkpoint_path={path}"])
+    load_checkpoint_into(cfg, overrides=[])
+    assert cfg.models.encoder.model_name == "resnet50" and cfg.models.encoder.pretrained is False
+    real_create = timm.create_model
+
+    def create_model(name, pretrained=False, **kwargs):
+        assert not pretrained, "the checkpoint's weights follow: nothing to download"
+        return real_create(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", create_model)
+    assert build_model(cfg.models).encoder.channels == [256, 512, 1024, 2048]
+
+
 @pytest.mark.parametrize(
     ("cuda", "cuda_bf16", "cpu_flags", "precision", "channels_last", "suggests_fp32cpu"),
     [
