@@ -17,7 +17,7 @@ from ocr.metrics.detection import DetectionEvaluator
 from ocr.models.dbnet import DBNet
 from ocr.models.loss import DBLoss
 from ocr.models.postprocess import DBPostProcessor, Detections
-from ocr.optim import optimizer_steps_per_epoch
+from ocr.optim import optimizer_steps_per_epoch, parameters_by_feature_level
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -92,6 +92,7 @@ class DBNetModule(L.LightningModule):
         encoder_lr_scale: float = 1.0,
         encoder_frozen_epochs: int = 0,
         compile: bool = False,
+        encoder_lr_decay: float = 1.0,
     ):
         super().__init__()
         self.run_config: dict[str, Any] = {}  # the resolved run config, set by the runner
@@ -102,6 +103,7 @@ class DBNetModule(L.LightningModule):
         self.tta_scales = [float(scale) for scale in tta_scales or []]
         self.encoder_lr_scale = float(encoder_lr_scale)
         self.encoder_frozen_epochs = int(encoder_frozen_epochs)
+        self.encoder_lr_decay = float(encoder_lr_decay)
         self.compile_network = bool(compile)
         # a network may say how it was trained to see images (PPOCRDetector: 0.5, 0.5); else ImageNet's
         mean, std = getattr(model, "input_mean", IMAGENET_MEAN), getattr(model, "input_std", IMAGENET_STD)
@@ -244,27 +246,35 @@ class DBNetModule(L.LightningModule):
 
     # -- optimisation -------------------------------------------------------------------
     def parameter_groups(self) -> Any:
-        """All parameters at the optimizer's learning rate or, with ``encoder_lr_scale`` != 1 or
-        ``encoder_frozen_epochs`` > 0, two groups: the rest, then the encoder at that fraction of
-        the rate (a pretrained backbone under a head trained from scratch); the scheduler scales
-        both groups alike, and holds the encoder's at 0 for its frozen epochs."""
+        """All parameters at the optimizer's learning rate or, with ``encoder_lr_scale`` != 1,
+        ``encoder_frozen_epochs`` > 0 or ``encoder_lr_decay`` < 1, two groups: the rest, then the
+        encoder at that fraction of the rate (a pretrained backbone under a head trained from
+        scratch). With ``encoder_lr_decay`` < 1 the encoder is one group per feature level instead,
+        the deepest at ``encoder_lr_scale`` and each finer one at ``encoder_lr_decay`` times the next
+        (layer-wise rates: the generic early features move least). The scheduler scales every group
+        alike, and holds the encoder's at 0 for its frozen epochs."""
         encoder = getattr(self.model, "encoder", None)
-        if self.encoder_lr_scale == 1.0 and self.encoder_frozen_epochs == 0:
+        if self.encoder_lr_scale == 1.0 and self.encoder_frozen_epochs == 0 and self.encoder_lr_decay == 1.0:
             return self.parameters()
         base_lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
         if encoder is None or base_lr is None:
             asked = [f"lightning_module.encoder_lr_scale={self.encoder_lr_scale}"] if self.encoder_lr_scale != 1.0 else []
             if self.encoder_frozen_epochs:
                 asked.append(f"lightning_module.encoder_frozen_epochs={self.encoder_frozen_epochs}")
+            if self.encoder_lr_decay != 1.0:
+                asked.append(f"lightning_module.encoder_lr_decay={self.encoder_lr_decay}")
             raise ValueError(
                 f"{' and '.join(asked)} {'need' if len(asked) > 1 else 'needs'} a network with an encoder "
                 f"(got {type(self.model).__name__}) and an optimizer partial with lr set (models.optimizer.lr)"
             )
         encoder_ids = {id(parameter) for parameter in encoder.parameters()}
-        return [
-            {"params": [p for p in self.parameters() if id(p) not in encoder_ids]},
-            {"params": list(encoder.parameters()), "lr": base_lr * self.encoder_lr_scale},
-        ]
+        rest = {"params": [p for p in self.parameters() if id(p) not in encoder_ids]}
+        if self.encoder_lr_decay == 1.0:
+            return [rest, {"params": list(encoder.parameters()), "lr": base_lr * self.encoder_lr_scale}]
+        levels = parameters_by_feature_level(encoder)
+        deepest = len(levels) - 1
+        scales = [self.encoder_lr_scale * self.encoder_lr_decay ** (deepest - level) for level in range(len(levels))]
+        return [rest] + [{"params": params, "lr": base_lr * scale} for params, scale in zip(levels, scales) if params]
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=self.parameter_groups())
@@ -288,6 +298,7 @@ class DBNetModule(L.LightningModule):
             steps_per_epoch = optimizer_steps_per_epoch(self.trainer)
             if steps_per_epoch is None:
                 raise ValueError("lightning_module.encoder_frozen_epochs needs training data with a length (epochs to count)")
-            kwargs["start_steps"] = [0, self.encoder_frozen_epochs * steps_per_epoch]
+            # the first group is the decoder and head's; every other one the encoder's
+            kwargs["start_steps"] = [0] + [self.encoder_frozen_epochs * steps_per_epoch] * (len(optimizer.param_groups) - 1)
         scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -60,3 +60,33 @@ def warmup_cosine(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, [WarmupCosine(int(total_steps), warmup_steps, min_lr_ratio, int(start)) for start in start_steps]
     )
+
+
+def parameters_by_feature_level(encoder: torch.nn.Module, image_size: int = 64) -> list[list[torch.nn.Parameter]]:
+    """The encoder's parameters grouped by the first of its feature maps (finest first) that depends
+    on them, found from the autograd graph of one forward pass on a blank ``image_size`` image: the
+    stem and first stage, then each deeper stage, for any encoder that returns a list of feature maps
+    (a timm model or a converted ONNX graph alike). Parameters no feature map reaches go with the
+    deepest. The encoder's train / eval modes are left as they were, and no ``.grad`` is written."""
+    parameters = list(encoder.parameters())
+    trainable = [p for p in parameters if p.requires_grad]
+    modes = {module: module.training for module in encoder.modules()}
+    encoder.eval()  # batch norm keeps its running statistics
+    try:
+        with torch.enable_grad():
+            first = parameters[0]
+            blank = torch.zeros(1, 3, image_size, image_size, device=first.device, dtype=first.dtype)
+            features = encoder(blank)
+            level_of: dict[int, int] = {}
+            for level, feature in enumerate(features):
+                grads = torch.autograd.grad(feature.float().sum(), trainable, allow_unused=True, retain_graph=True)
+                for parameter, grad in zip(trainable, grads):
+                    if grad is not None:
+                        level_of.setdefault(id(parameter), level)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    levels: list[list[torch.nn.Parameter]] = [[] for _ in features]
+    for parameter in parameters:
+        levels[level_of.get(id(parameter), len(features) - 1)].append(parameter)
+    return levels

@@ -86,6 +86,7 @@ RULES = (
     Rule("metrics.iou_threshold", "a number in (0, 1)", in_open_unit),
     Rule("lightning_module.encoder_lr_scale", "a number >= 0", non_negative),
     Rule("lightning_module.encoder_frozen_epochs", "an integer >= 0", non_negative_int),
+    Rule("lightning_module.encoder_lr_decay", "a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),
     Rule(
         "lightning_module.tta_scales",
         "a list of numbers > 0, or null",

@@ -57,6 +57,8 @@ BAD_SETTINGS = [
     ("train", "lightning_module.encoder_frozen_epochs=-1", "lightning_module.encoder_frozen_epochs=-1"),
     ("train", "lightning_module.encoder_frozen_epochs=1.5", "lightning_module.encoder_frozen_epochs=1.5"),
     ("train", "lightning_module.encoder_frozen_epochs=6 trainer.max_epochs=6", "lightning_module.encoder_frozen_epochs=6"),
+    ("train", "lightning_module.encoder_lr_decay=0", "lightning_module.encoder_lr_decay=0"),
+    ("train", "lightning_module.encoder_lr_decay=1.5", "lightning_module.encoder_lr_decay=1.5"),
 ]
 
 

@@ -278,6 +278,34 @@ def test_encoder_lr_scale_gives_the_encoder_its_fraction_of_the_learning_rate():
     assert len(default.optimizer_factory(params=default.parameter_groups()).param_groups) == 1
 
 
+def test_encoder_lr_decay_gives_each_feature_level_of_the_encoder_its_rate():
+    from types import SimpleNamespace
+
+    overrides = ["lightning_module.encoder_lr_scale=0.2", "lightning_module.encoder_lr_decay=0.5", "models.optimizer.lr=0.002"]
+    module = build_module(compose_config("train", overrides))
+    module.train()
+    encoder = module.model.encoder
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    groups = module.parameter_groups()
+    # the decoder and head at the optimizer's rate, then the encoder's four levels, finest first
+    assert "lr" not in groups[0] and [g["lr"] for g in groups[1:]] == pytest.approx([0.00005, 0.0001, 0.0002, 0.0004])
+    ids = [{id(p) for p in g["params"]} for g in groups[1:]]
+    assert set().union(*ids) == {id(p) for p in encoder.parameters()} and sum(map(len, ids)) == len(list(encoder.parameters()))
+    assert not set().union(*ids) & {id(p) for p in groups[0]["params"]}
+    named = {id(p): name for name, p in encoder.model.named_parameters()}
+    levels = [{named[i].split(".")[0] for i in level} for level in ids]
+    # ResNet18: stride 4 is the stem and layer1, then one stage per level
+    assert levels == [{"conv1", "bn1", "layer1"}, {"layer2"}, {"layer3"}, {"layer4"}]
+    # one forward pass found them: no weight, statistic or gradient changed, and training mode kept
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    assert all(p.grad is None for p in module.parameters()) and all(m.training for m in module.modules())
+    # frozen epochs hold every encoder group
+    frozen = build_module(compose_config("train", [*overrides, "lightning_module.encoder_frozen_epochs=2"]))
+    frozen._trainer = SimpleNamespace(estimated_stepping_batches=100, num_training_batches=10, accumulate_grad_batches=1)
+    scheduler = frozen.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert [f.start_step for f in scheduler.lr_lambdas] == [0, 20, 20, 20, 20]
+
+
 def test_encoder_lr_scale_without_an_encoder_says_what_is_missing(tmp_path):
     import torch.nn as nn
 
