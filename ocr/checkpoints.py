@@ -84,6 +84,15 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint", mmap: bool = Fal
     return checkpoint
 
 
+def read_architecture_into(cfg: DictConfig, path: str | Path, what: str) -> dict[str, Any]:
+    """Read the checkpoint at ``path`` (``what`` it is for, named in errors) memory-mapped, put its
+    network into ``cfg.models`` (:func:`adopt_architecture`) and return it: resume= and init_from=
+    train the network the weights were trained with."""
+    checkpoint = read_checkpoint(path, what, mmap=True)
+    adopt_architecture(cfg, with_current_targets(checkpoint.get("ocr_config") or {}))
+    return checkpoint
+
+
 def adopt_architecture(cfg: DictConfig, run_config: dict[str, Any]) -> None:
     """Put the checkpoint's network (``ARCHITECTURE_KEYS`` of its resolved ``run_config``) into
     ``cfg.models``: its weights fit only that network, whatever this machine's config resolves to

@@ -482,7 +482,7 @@ def export(cfg: DictConfig) -> tuple[Path, Path]:
 def _export(cfg: DictConfig, run: Any | None) -> tuple[Path, Path]:
     from hydra.utils import instantiate
 
-    from ocr.checkpoints import load_checkpoint_into
+    from ocr.checkpoints import load_checkpoint_into, load_weights_into
     from ocr.factory import build_module
     from ocr.pretrained import fetch_missing_files
     from ocr.tracking.artifacts import fetch_model_artifact, is_artifact_reference, use_local_checkpoint
@@ -496,7 +496,7 @@ def _export(cfg: DictConfig, run: Any | None) -> tuple[Path, Path]:
     if run is not None and artifact is None:
         artifact = use_local_checkpoint(run, cfg.checkpoint_path, checkpoint)
     module = build_module(cfg)
-    module.load_state_dict(checkpoint["state_dict"])
+    load_weights_into(module, checkpoint["state_dict"], cfg.checkpoint_path)
     module.eval()
     output = Path(cfg.output) if cfg.get("output") else default_output(cfg.checkpoint_path, "onnx")
     resize = instantiate(OmegaConf.to_container(cfg.datasets.eval_resize, resolve=True))

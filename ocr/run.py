@@ -16,13 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ocr.budget import TimeBudget
 from ocr.callbacks import PredictionCollector
-from ocr.checkpoints import (
-    adopt_architecture,
-    load_checkpoint_into,
-    load_weights_into,
-    read_checkpoint,
-    with_current_targets,
-)
+from ocr.checkpoints import load_checkpoint_into, load_weights_into, read_architecture_into
 from ocr.config import float32_cpu_suggestion, hardware_note
 from ocr.data.datamodule import ReceiptDataModule
 from ocr.factory import (
@@ -141,8 +135,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("resume"):
         # the run goes on with the network it started with; mmap: only the config is read here,
         # Lightning reads the weights and optimizer state
-        checkpoint = read_checkpoint(cfg.resume, "checkpoint to resume from (resume=)", mmap=True)
-        adopt_architecture(cfg, with_current_targets(checkpoint.get("ocr_config") or {}))
+        checkpoint = read_architecture_into(cfg, cfg.resume, "checkpoint to resume from (resume=)")
         continue_wandb_run(cfg, checkpoint)
     start = _weights_to_start_from(cfg) if cfg.get("init_from") else None
     fetch_missing_files(cfg)  # pretrained files the network reads (fetch_if_missing)
@@ -174,8 +167,7 @@ def _weights_to_start_from(cfg: DictConfig) -> StartingWeights:
         # recorded as used once they do
         fetched, artifact = fetch_model_artifact(path, None, Path(cfg.output_dir) / "artifacts")
         path = str(fetched)
-    checkpoint = read_checkpoint(path, "checkpoint to start from (init_from=)", mmap=True)
-    adopt_architecture(cfg, with_current_targets(checkpoint.get("ocr_config") or {}))
+    checkpoint = read_architecture_into(cfg, path, "checkpoint to start from (init_from=)")
     epochs = checkpoint.get("epoch", -1) + 1
     log.info("Starting from the weights of %s (trained %d epochs); new optimizer and schedule", path, epochs)
     return StartingWeights(path, checkpoint, artifact)
@@ -291,7 +283,7 @@ def _evaluation_parts(
     """The module with the checkpoint's weights, a prediction collector and the trainer of an
     evaluation job (callbacks from configs/callbacks/eval.yaml); ``job``: what W&B records of it."""
     module = build_module(cfg)
-    module.load_state_dict(checkpoint["state_dict"])
+    load_weights_into(module, checkpoint["state_dict"], cfg.checkpoint_path)
     collector = PredictionCollector()
     callbacks = [*build_callbacks(cfg), collector, *build_tracking_callbacks(cfg, job_type, job)]
     return module, collector, build_trainer(cfg, callbacks, loggers)
