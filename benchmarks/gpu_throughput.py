@@ -12,11 +12,13 @@ What it measures, on the device it finds (``--device auto``: CUDA when there is 
    ``build_datamodule`` on the synthetic receipt set (built under ``--data-root``) and
    ``ocr.factory.build_trainer`` (bf16-mixed + channels_last on a GPU; the preset's automatic
    choice on a CPU), ``--warmup`` steps then ``--steps`` timed steps, for each ``--batch-sizes``.
-   The DataLoader has the config's workers (half the CPUs, at most 8) and pinned memory on a GPU.
+   The DataLoader has the config's workers (half the CPUs, at most 8), pinned memory and, on a GPU, prefetching across epochs.
    Each batch size is also run on one real collated batch repeated from (pinned) host memory, with
    no DataLoader: its host-to-device copy is still made, so the ratio of the two rows is what the
    CPU data pipeline (decoding, augmentation, target maps, collation) costs. One extra row runs the
-   middle batch size with ``os.cpu_count() - 1`` workers. With ``--compile`` (default on CUDA), the
+   middle batch size with ``os.cpu_count() - 1`` workers, and one per batch size the DataLoader
+   with ``datasets.prefetch_across_epochs`` the other way (on a GPU: off, the plain DataLoader whose
+   workers idle at each epoch's end; ``ocr/data/loader.py``). With ``--compile`` (default on CUDA), the
    in-memory run at the largest batch size is repeated with ``torch.compile`` of the network:
    compile time (its warm-up wall time minus the eager run's) and speed-up.
 2. **Inference images/s** at 640×640 and 1600×1216 (H×W, the receipt recipe's long side 1600),
@@ -254,6 +256,7 @@ def train_run(
         batch_size=batch_size,
         loader=loader,
         workers=used_workers,
+        prefetch_across_epochs=bool(cfg.datasets.prefetch_across_epochs) if loader == "dataloader" else None,
         steps_per_epoch=steps_per_epoch,
         precision=str(cfg.trainer.precision),
         channels_last=bool(cfg.lightning_module.channels_last),
@@ -704,6 +707,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 label = f"{workers} DataLoader workers (cpu_count - 1)"
                 row = attempt(
                     f"train bs={middle} {label}", train_run, args, device, middle, "dataloader", workers=workers, variant=label
+                )
+                if row:
+                    report["training"].append(row)
+            # the other loader at every batch size: on a GPU (where the config streams) the plain one
+            label = f"datasets.prefetch_across_epochs={str(not cfg.datasets.prefetch_across_epochs).lower()}"
+            for size in [] if args.quick else args.batch_sizes:
+                row = attempt(
+                    f"train bs={size} {label}", train_run, args, device, size, "dataloader", extra=[label], variant=label
                 )
                 if row:
                     report["training"].append(row)

@@ -100,6 +100,13 @@ def trains_in_float32_on_cpu() -> bool:
     return not torch.cuda.is_available() and not cpu_has_native_bf16()
 
 
+def cuda_available() -> bool:
+    """Whether a CUDA GPU is present (``${cuda_available:}``)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def hardware_note(cfg: Any) -> str:
     """One line on what this machine changes in a run: numerics only (precision, memory format,
     DataLoader workers), never the network."""
@@ -112,7 +119,9 @@ def hardware_note(cfg: Any) -> str:
     )
     return (
         f"{machine}: precision {cfg.trainer.precision}, channels_last {cfg.lightning_module.get('channels_last')}, "
-        f"{cfg.datasets.num_workers} DataLoader workers (the network is the preset's on every machine)"
+        f"{cfg.datasets.num_workers} DataLoader workers"
+        f"{' prefetching across epochs' if cfg.datasets.get('prefetch_across_epochs') else ''}"
+        " (the network is the preset's on every machine)"
     )
 
 
@@ -227,6 +236,7 @@ def register_resolvers() -> None:
         "num_workers": default_num_workers,
         "auto_precision": auto_precision,
         "auto_channels_last": auto_channels_last,
+        "cuda_available": cuda_available,
     }
     for name, function in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -62,6 +62,7 @@ RULES = (
     Rule("datasets.batch_size", "an integer >= 1", positive_int),
     Rule("datasets.eval_batch_size", "an integer >= 1", positive_int),
     Rule("datasets.num_workers", "an integer >= 0", lambda v: isinstance(v, int) and v >= 0),
+    Rule("datasets.prefetch_across_epochs", "true or false", lambda v: isinstance(v, bool)),
     Rule("datasets.eval_resize.mode", "long_side or short_side", lambda v: v in ("long_side", "short_side")),
     Rule("datasets.eval_resize.long_side_cap", "an integer >= 32, or null", lambda v: positive_int(v) and v >= 32, optional=True),
     Rule(

@@ -59,6 +59,7 @@ BAD_SETTINGS = [
     ("train", "lightning_module.encoder_frozen_epochs=6 trainer.max_epochs=6", "lightning_module.encoder_frozen_epochs=6"),
     ("train", "lightning_module.encoder_lr_decay=0", "lightning_module.encoder_lr_decay=0"),
     ("train", "lightning_module.encoder_lr_decay=1.5", "lightning_module.encoder_lr_decay=1.5"),
+    ("train", "datasets.prefetch_across_epochs=sometimes", "datasets.prefetch_across_epochs='sometimes'"),
 ]
 
 

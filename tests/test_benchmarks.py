@@ -381,6 +381,21 @@ def test_loader_speed_times_each_stage_of_a_training_sample(tiny, capsys):
         loader_speed.main(["preset=example", *overrides, "samples=0"])
 
 
+def test_epoch_starts_times_the_training_loader_with_and_without_prefetching_across_epochs(tiny, capsys):
+    from benchmarks import epoch_starts
+
+    _, overrides = tiny
+    args = ["preset=example", *overrides, "datasets.num_workers=1", "datasets.batch_size=2", "images=4", "epochs=3"]
+    rows = epoch_starts.main([*args, "step_ms=1", "pause_s=0.2"])
+    assert [row["prefetch_across_epochs"] for row in rows] == [False, True]
+    for row in rows:  # 2 batches of 2 in each of 3 epochs, whatever the setting
+        assert (row["batches_per_epoch"], row["batches"], row["images"]) == (2, 6, 12)
+        assert row["first_batch_wait_ms"] > 0 and row["other_batch_wait_ms"] > 0 and row["images_per_s"] > 0
+    assert "| true |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="epochs >= 2"):
+        epoch_starts.main([*args[:-1], "epochs=1"])
+
+
 def test_scores_by_page_shape_score_narrow_receipts_and_wide_pages_apart():
     from benchmarks.accuracy import page_aspect, scores_by_page_shape
 

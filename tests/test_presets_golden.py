@@ -24,7 +24,7 @@ from ocr.testing import config_leaves
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "presets.json").read_text())
 # Machine- or time-dependent: the run name's timestamp and the numerics that follow the hardware
 VOLATILE = {"exp_name", "output_dir", "logger.wandb.name", "logger.wandb.save_dir", "trainer.precision",
-            "lightning_module.channels_last", "datasets.num_workers"}
+            "lightning_module.channels_last", "datasets.num_workers", "datasets.prefetch_across_epochs"}
 # New keys (their values equal the old behaviour) and keys dropped because they only undid
 # another preset's per-machine choice
 ADDED_UNDER = ("callbacks.",)  # configs/callbacks/: the callbacks that were built in code, same settings

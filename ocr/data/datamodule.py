@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from ocr.config import default_num_workers
 from ocr.data.annotations import AnnotationError, require_words, resolve_bad_image
 from ocr.data.dataset import ReceiptDataset, collate_receipts
+from ocr.data.loader import TrainLoader
 from ocr.data.synthetic import build_synthetic_dataset
 from ocr.data.targets import TargetConfig
 from ocr.data.transforms import PolygonAugment, ResizeForEval
@@ -34,6 +35,8 @@ class ReceiptDataModule(L.LightningDataModule):
     Predict covers its whole folder: images the annotation does not list are predicted too.
     ``bad_image`` (``missing_image`` is its former name): ``error`` | ``skip`` a missing or
     unreadable image; ``invalid_polygon``: ``skip`` (repair or skip, logged) | ``error``.
+    ``prefetch_across_epochs``: the training workers go on building batches across epoch ends
+    (``ocr.data.loader``); the configs turn it on where a CUDA GPU is present.
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class ReceiptDataModule(L.LightningDataModule):
         invalid_polygon: str = "skip",
         bad_image: str = "error",
         missing_image: str | None = None,
+        prefetch_across_epochs: bool = False,
     ):
         super().__init__()
         self.train_augment, self.eval_resize, self.targets = train_augment, eval_resize, targets
@@ -59,6 +63,7 @@ class ReceiptDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.invalid_polygon, self.bad_image = invalid_polygon, resolve_bad_image(bad_image, missing_image)
+        self.prefetch_across_epochs = bool(prefetch_across_epochs)
         self.datasets: dict[str, ReceiptDataset] = {}
 
     # -- where the data is --------------------------------------------------------------
@@ -140,7 +145,8 @@ class ReceiptDataModule(L.LightningDataModule):
     # -- loaders ------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         workers = self.num_workers
-        return DataLoader(
+        options = {"prefetch_across_epochs": self.prefetch_across_epochs} if split == "train" else {}
+        return (TrainLoader if split == "train" else DataLoader)(
             self.datasets[split],
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             shuffle=shuffle,
@@ -149,6 +155,7 @@ class ReceiptDataModule(L.LightningDataModule):
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
             collate_fn=collate_receipts,
+            **options,
         )
 
     def train_dataloader(self) -> DataLoader:
