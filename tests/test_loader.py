@@ -8,6 +8,7 @@ import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from ocr.config import compose_config
 from ocr.data.loader import TrainLoader
@@ -118,9 +119,18 @@ def fit(train: DataLoader, **trainer_options) -> dict[int, list[list[int]]]:
     return epochs
 
 
-def test_under_lightning_each_epoch_is_one_whole_shuffle_and_short_epochs_restart_the_stream(tmp_path):
+def test_under_lightning_each_epoch_is_one_whole_shuffle_and_short_epochs_restart_the_stream(tmp_path, monkeypatch):
+    resets = []  # True: the workers' first start; False: a restart, whose in-flight batches are thrown away
+    reset = _MultiProcessingDataLoaderIter._reset
+
+    def counted_reset(self, loader, first_iter=False):
+        resets.append(first_iter)
+        return reset(self, loader, first_iter)
+
+    monkeypatch.setattr(_MultiProcessingDataLoaderIter, "_reset", counted_reset)
     L.seed_everything(0)
     whole = fit(loader(MarkedItems(9, tmp_path), True, shuffle=True))
+    assert resets == [True]  # Lightning's epochs did not restart the stream
     assert sorted(whole) == [0, 1, 2]
     assert all(sorted(sum(batches, [])) == list(range(9)) for batches in whole.values())
     assert whole[0] != whole[1] != whole[2]
@@ -130,7 +140,9 @@ def test_under_lightning_each_epoch_is_one_whole_shuffle_and_short_epochs_restar
     assert overfit == {0: [[0, 1, 2]], 1: [[0, 1, 2]], 2: [[0, 1, 2]]}
 
     # an epoch cut short starts the next one from a fresh pass: 2 distinct batches every epoch
+    resets.clear()
     limited = fit(loader(MarkedItems(9, tmp_path), True, shuffle=True), limit_train_batches=2)
+    assert resets.count(False) >= 2  # before epochs 1 and 2 at least
     assert all(len(batches) == 2 and len(set(sum(batches, []))) == 6 for batches in limited.values())
 
 

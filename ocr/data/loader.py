@@ -4,7 +4,7 @@ across epoch ends.
 A plain DataLoader starts each epoch by resetting its workers, which sit idle from the end of the
 previous epoch (and through validation) until then; the first batch of the new epoch then waits
 for one worker to build it whole, ``batch_size`` × the CPU time of a sample. On a GPU that wait
-was the largest share of the loader's cost (docs/scaling.md: 3 s an epoch at batch 64). Here one
+was the largest share of the loader's cost (docs/scaling.md: ~2 s of every epoch at batch 64). Here one
 stream of batches feeds every epoch instead: the batch sampler's passes follow one another
 without end, so the workers start on the next epoch's batches as soon as their queue has room
 (``prefetch_factor`` × ``num_workers`` batches ahead) and the new epoch's first batches are
