@@ -11,6 +11,15 @@ training images (default 60) with the augmentation's random draws fixed; the fig
 ``repeats`` passes (default 3), the one least disturbed by the rest of the machine. A worker makes
 ``1000 / total ms`` samples a second, so a GPU that trains at ``R`` images/s needs about
 ``R * total ms / 1000`` workers, on CPU cores of its own. Any other argument is a Hydra override.
+
+``workers=N`` (default 0: skipped) then checks that rule on this machine: the training DataLoader
+as a run builds it, with N workers, delivers batches to a loop that does nothing else, over one
+long epoch (the first ``samples`` images, ``repeats`` × 4 times over); its samples/s from the first
+batch to the last is set against N × one worker's. What it lacks is what the stages leave out:
+tensor conversion, collation, the trip from the workers' processes (and pinned memory on a GPU),
+and workers that share cores or memory bandwidth.
+
+    python -m benchmarks.loader_speed preset=example crop_size=640 workers=15   # on a 16-core GPU host
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import time
 import cv2
 import numpy as np
 import torch
+from torch.utils.data import Subset
 
 from benchmarks.accuracy import parse
 from ocr.config import compose_config
@@ -49,6 +59,36 @@ def time_stages(dataset, count: int, seed: int = 0) -> dict[str, float]:
     return spent
 
 
+def delivered(datamodule, count: int, workers: int, rounds: int) -> tuple[float, int]:
+    """Samples a second that the training DataLoader with ``workers`` delivers over one epoch of
+    the first ``count`` training images ``rounds`` times over, timed from its first batch (the
+    workers' start-up left out); and the samples timed."""
+    dataset = datamodule.datasets["train"]
+    datamodule.num_workers = workers
+    datamodule.datasets["train"] = Subset(dataset, [i % len(dataset) for i in range(count)] * rounds)
+    try:
+        loader = datamodule.train_dataloader()
+        batches = iter(loader)
+        next(batches)
+        start, samples = time.perf_counter(), 0
+        for batch in batches:
+            samples += len(batch["image"])
+        seconds = time.perf_counter() - start
+        shutdown = getattr(loader._iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+    finally:
+        datamodule.datasets["train"] = dataset
+    return samples / seconds, samples
+
+
+def non_negative_int(own: dict[str, str], key: str) -> int:
+    value = own[key]
+    if not value.isdigit():
+        raise SystemExit(f"{key}={value}: expected a whole number of at least 0")
+    return int(value)
+
+
 def positive_int(own: dict[str, str], key: str) -> int:
     value = own[key]
     if not value.isdigit() or int(value) < 1:
@@ -57,8 +97,9 @@ def positive_int(own: dict[str, str], key: str) -> int:
 
 
 def main(argv: list[str]) -> dict[str, float]:
-    own, overrides = parse(argv, __doc__, {"samples": "60", "repeats": "3"})
+    own, overrides = parse(argv, __doc__, {"samples": "60", "repeats": "3", "workers": "0"})
     count, repeats = positive_int(own, "samples"), positive_int(own, "repeats")
+    workers = non_negative_int(own, "workers")
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     cfg = compose_config("train", overrides)
@@ -81,6 +122,14 @@ def main(argv: list[str]) -> dict[str, float]:
     print("| GPU training speed (images/s) | workers needed |\n| --- | --- |")
     for speed in GPU_SPEEDS:
         print(f"| {speed} | {int(np.ceil(speed * best['total'] / 1000))} |")
+    if workers:
+        rate, samples = delivered(datamodule, count, workers, 4 * repeats)
+        expected = workers * 1000 / best["total"]
+        best.update(workers=workers, delivered_per_s=rate, expected_per_s=expected)
+        print(
+            f"\nthe training DataLoader with {workers} workers (batch {datamodule.batch_size}, {samples} samples timed): "
+            f"{rate:.0f} samples/s, {rate / expected:.0%} of {workers} x one worker ({expected:.0f}/s)"
+        )
     return best
 
 

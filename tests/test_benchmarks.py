@@ -379,6 +379,11 @@ def test_loader_speed_times_each_stage_of_a_training_sample(tiny, capsys):
     assert workers[200] == int(np.ceil(200 * best["total"] / 1000)) and workers[650] >= workers[200]
     with pytest.raises(SystemExit, match="samples=0"):
         loader_speed.main(["preset=example", *overrides, "samples=0"])
+    # workers=1: the real DataLoader's delivery, set against one worker's stage times
+    checked = loader_speed.main(["preset=example", *overrides, "samples=2", "repeats=1", "workers=1"])
+    assert checked["workers"] == 1 and checked["delivered_per_s"] > 0
+    assert checked["expected_per_s"] == pytest.approx(1000 / checked["total"])
+    assert "the training DataLoader with 1 workers (batch 2, 6 samples timed)" in capsys.readouterr().out
 
 
 def test_epoch_starts_times_the_training_loader_with_and_without_prefetching_across_epochs(tiny, capsys):
