@@ -77,7 +77,7 @@ def test_resume_continues_from_the_latest_epoch_and_keeps_the_first_logs(trained
     assert "Using the checkpoint's models.decoder settings" in result.stdout + result.stderr
     assert "inner_channels: 64" in (out / "config.yaml").read_text()
     last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert (last["epoch"], last["global_step"]) == (1, 4)  # one more epoch after the two already run
+    assert (last["epoch"], last["global_step"]) == (2, 6)  # one more epoch after the two already run
     assert last["ocr_config"]["models"]["decoder"]["inner_channels"] == 64
     assert (out / "logs" / "train" / "metrics.csv").read_text() == first_log
     with (out / "logs" / "train-resumed-1" / "metrics.csv").open() as handle:
