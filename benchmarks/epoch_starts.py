@@ -52,9 +52,7 @@ def measure(overrides: list[str], images: int, epochs: int, step_s: float, pause
             asked = time.perf_counter()
         busy += time.perf_counter() - start
         time.sleep(pause_s)
-    iterator = getattr(loader, "_iterator", None)
-    if iterator is not None:  # persistent workers: stop them before the next setting starts its own
-        iterator._shutdown_workers()
+    loader.close_workers()  # before the next setting starts its own
     return {
         "prefetch_across_epochs": bool(cfg.datasets.prefetch_across_epochs),
         "workers": int(cfg.datasets.num_workers),

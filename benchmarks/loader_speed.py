@@ -74,9 +74,7 @@ def delivered(datamodule, count: int, workers: int, rounds: int) -> tuple[float,
         for batch in batches:
             samples += len(batch["image"])
         seconds = time.perf_counter() - start
-        shutdown = getattr(loader._iterator, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
+        loader.close_workers()
     finally:
         datamodule.datasets["train"] = dataset
     return samples / seconds, samples

@@ -71,6 +71,22 @@ def test_the_workers_build_the_next_epochs_batches_before_it_starts_only_when_as
         assert built_before_the_next_epoch == 12
 
 
+
+@pytest.mark.parametrize("prefetch_across_epochs", [True, False])
+def test_close_workers_ends_the_worker_processes_and_the_next_epoch_starts_new_ones(tmp_path, prefetch_across_epochs):
+    dataset = MarkedItems(6, tmp_path)
+    train = loader(dataset, prefetch_across_epochs)
+    assert epoch_items(train) == list(range(6))
+    workers = list(train._iterator._workers)
+    assert workers and all(worker.is_alive() for worker in workers)
+    train.close_workers()
+    assert train._iterator is None and not any(worker.is_alive() for worker in workers)
+    pids = {name.name.split("-")[0] for name in tmp_path.iterdir()}
+    assert epoch_items(train) == list(range(6))  # a whole epoch again, from new workers
+    assert {name.name.split("-")[0] for name in tmp_path.iterdir()} - pids
+    train.close_workers()
+    train.close_workers()  # twice, or with none running: nothing to do
+
 def test_a_distributed_samplers_passes_are_its_epochs_on_every_rank():
     """Each rank's stream draws the shard a plain DataLoader would after ``set_epoch(e)``: the same
     permutation on every rank, so the shards stay disjoint and cover the data every epoch."""

@@ -285,41 +285,41 @@ def test_a_pretrained_ppocr_backbone_trains_under_the_dbnet_head_and_is_rebuilt_
     assert len(read_submission_csv(root / "backbone_pred" / "submissions" / "submission.csv")) == 3
 
 
-def test_the_same_seed_repeats_a_training_run_with_dataloader_workers(tiny):
-    # seed=42 reaches the augmentation's draws in every worker process: the crops, and so the weights, repeat
+def train_twice(tiny, name: str, *overrides: str) -> list[tuple[Path, dict]]:
+    """The same training command run twice, 2 DataLoader workers, no test or predict pass: each
+    run's folder and its last checkpoint."""
+    root, common = tiny
+    runs = []
+    for run in (f"{name}_a", f"{name}_b"):
+        run_runner(
+            "train.py", f"exp_name={run}", f"output_dir={root / run}", "test_after_fit=false", "predict_after_fit=false",
+            *common, "datasets.num_workers=2", *overrides,
+        )  # fmt: skip
+        runs.append((root / run, torch_load(root / run / "checkpoints" / "last.ckpt")))
+    return runs
+
+
+def assert_same_weights(runs: list[tuple[Path, dict]]) -> None:
     import torch
 
-    root, common = tiny
-    states = []
-    for name in ("repeat_a", "repeat_b"):
-        run_runner(
-            "train.py", f"exp_name={name}", f"output_dir={root / name}", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
-            "test_after_fit=false", "predict_after_fit=false", *common, "datasets.num_workers=2",
-        )
-        states.append(torch_load(root / name / "checkpoints" / "last.ckpt")["state_dict"])
-    first, second = states
-    assert first.keys() == second.keys()
-    assert all(torch.equal(first[key], second[key]) for key in first)
+    (_, first), (_, second) = runs
+    assert first["state_dict"].keys() == second["state_dict"].keys()
+    assert all(torch.equal(first["state_dict"][key], second["state_dict"][key]) for key in first["state_dict"])
+
+
+def test_the_same_seed_repeats_a_training_run_with_dataloader_workers(tiny):
+    # seed=42 reaches the augmentation's draws in every worker process: the crops, and so the weights, repeat
+    assert_same_weights(train_twice(tiny, "repeat", "trainer.max_epochs=1", "trainer.limit_train_batches=3"))
 
 
 def test_a_run_whose_workers_prefetch_across_epochs_trains_every_epoch_whole_and_repeats_under_its_seed(tiny):
     # datasets.prefetch_across_epochs (on GPUs by default): one stream of batches through 2 epochs and
     # the validation between them; each epoch still 2 batches of the 4 training images
-    import torch
-
-    root, common = tiny
-    states = []
-    for name in ("stream_a", "stream_b"):
-        run_runner(
-            "train.py", f"exp_name={name}", f"output_dir={root / name}", "trainer.max_epochs=2", "test_after_fit=false",
-            "predict_after_fit=false", *common, "datasets.num_workers=2", "datasets.prefetch_across_epochs=true",
-        )  # fmt: skip
-        last = torch_load(root / name / "checkpoints" / "last.ckpt")
+    runs = train_twice(tiny, "stream", "trainer.max_epochs=2", "datasets.prefetch_across_epochs=true")
+    for folder, last in runs:
         assert (last["epoch"], last["global_step"]) == (1, 4)
-        assert "2 DataLoader workers prefetching across epochs" in (root / name / "train.log").read_text()
-        states.append(last["state_dict"])
-    first, second = states
-    assert all(torch.equal(first[key], second[key]) for key in first)
+        assert "2 DataLoader workers prefetching across epochs" in (folder / "train.log").read_text()
+    assert_same_weights(runs)
 
 
 def test_accuracy_benchmark_scores_a_configured_network_without_a_checkpoint(tiny, capsys):
