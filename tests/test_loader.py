@@ -71,7 +71,6 @@ def test_the_workers_build_the_next_epochs_batches_before_it_starts_only_when_as
         assert built_before_the_next_epoch == 12
 
 
-
 @pytest.mark.parametrize("prefetch_across_epochs", [True, False])
 def test_close_workers_ends_the_worker_processes_and_the_next_epoch_starts_new_ones(tmp_path, prefetch_across_epochs):
     dataset = MarkedItems(6, tmp_path)
@@ -86,6 +85,7 @@ def test_close_workers_ends_the_worker_processes_and_the_next_epoch_starts_new_o
     assert {name.name.split("-")[0] for name in tmp_path.iterdir()} - pids
     train.close_workers()
     train.close_workers()  # twice, or with none running: nothing to do
+
 
 def test_a_distributed_samplers_passes_are_its_epochs_on_every_rank():
     """Each rank's stream draws the shard a plain DataLoader would after ``set_epoch(e)``: the same
