@@ -66,6 +66,7 @@ def delivered(datamodule, count: int, workers: int, rounds: int) -> tuple[float,
     dataset = datamodule.datasets["train"]
     datamodule.num_workers = workers
     datamodule.datasets["train"] = Subset(dataset, [i % len(dataset) for i in range(count)] * rounds)
+    loader = None
     try:
         loader = datamodule.train_dataloader()
         batches = iter(loader)
@@ -74,8 +75,9 @@ def delivered(datamodule, count: int, workers: int, rounds: int) -> tuple[float,
         for batch in batches:
             samples += len(batch["image"])
         seconds = time.perf_counter() - start
-        loader.close_workers()
     finally:
+        if loader is not None:  # the workers end here even when the timed loop raised
+            loader.close_workers()
         datamodule.datasets["train"] = dataset
     return samples / seconds, samples
 

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from ocr.config import CONFIG_DIR, compose_config
 from ocr.data.transforms import PolygonAugment
 from ocr.factory import build_datamodule, build_model, build_module
+from ocr.models.decoder import FPNDecoder
 from ocr.testing import config_leaves, rect
 
 PRESETS = sorted(p.stem for p in Path(CONFIG_DIR, "preset").glob("*.yaml"))
@@ -68,6 +69,27 @@ def test_asf_decoder_switch():
     model = build_model(cfg.models)
     assert model.decoder.asf is not None
     assert model(torch.zeros(1, 3, 64, 64))["prob_logits"].shape == (1, 1, 64, 64)
+
+
+def test_page_context_lets_the_coarsest_level_reach_across_the_whole_input():
+    # without it, a change at one corner of the stride-32 features stays within a 3x3 neighbourhood;
+    # with it, every position of the decoder's output sees it, at any input size
+    cfg = compose_config("train", ["models.decoder.context_layers=1"])
+    model = build_model(cfg.models).eval()
+    assert len(model.decoder.context.layers) == 1
+    in_channels = [16, 24, 56, 80]
+    for context_layers, reaches in ((0, False), (1, True)):
+        torch.manual_seed(0)
+        decoder = FPNDecoder(in_channels, inner_channels=128, context_layers=context_layers).eval()
+        for height, width in ((2, 3), (3, 8)):  # stride-32 cells: two page shapes
+            features = [torch.randn(1, c, height * 8 // 2**i, width * 8 // 2**i) for i, c in enumerate(in_channels)]
+            changed = [f.clone() for f in features]
+            changed[-1][..., 0, 0] += 5.0
+            with torch.no_grad():
+                before, after = decoder(features), decoder(changed)
+            assert before.shape == (1, 128, height * 8, width * 8)
+            far_corner = (after - before)[..., -1, -1].abs().max().item()
+            assert (far_corner > 1e-5) is reaches, (context_layers, height, width, far_corner)
 
 
 def test_optimizer_is_partial_and_scheduler_gets_total_steps():

@@ -142,11 +142,11 @@ def test_a_trained_map_with_text_regions_gives_the_same_polygons_after_export(tr
 
 @pytest.mark.parametrize(
     "family",
-    ["dbnet_plus_plus", "ppocr_backbone", "ppocr_detector"],
+    ["dbnet_plus_plus_with_page_context", "ppocr_backbone", "ppocr_detector"],
 )
 def test_every_encoder_family_exports_with_parity(family, tmp_path, paddle_backbone_onnx, tiny_detector_onnx):
     extra = {
-        "dbnet_plus_plus": ["models.decoder.use_asf=true"],
+        "dbnet_plus_plus_with_page_context": ["models.decoder.use_asf=true", "models.decoder.context_layers=1"],
         # with PPLCNetV3's exported patterns: the export simplifies them, and is checked against the original
         "ppocr_backbone": ["preset/models/encoder@models.encoder=ppocr_backbone", f"models.encoder.onnx_path={paddle_backbone_onnx}",
                            "models.encoder.feature_names=[f4,f8,f16,f32]"],
