@@ -30,7 +30,7 @@ VOLATILE = {"exp_name", "output_dir", "logger.wandb.name", "logger.wandb.save_di
 ADDED_UNDER = ("callbacks.",)  # configs/callbacks/: the callbacks that were built in code, same settings
 ADDED = {"lightning_module.compile", "trainer.num_nodes", "datasets.bad_image", "checkpoint.every_n_train_steps", "time_budget.float32_cpu_preset", "models.encoder.channels", "models.encoder.freeze_batch_norm", "models.network.fetch_if_missing", "train_resize.scale_range", "lightning_module.encoder_frozen_epochs", "models.loss.prob_map_loss",
          "models.encoder.bgr_mean", "models.encoder.bgr_std", "models.network.bgr_mean", "models.network.bgr_std", "init_from",
-         "lightning_module.encoder_lr_decay"}
+         "lightning_module.encoder_lr_decay", "models.decoder.context_layers"}
 REMOVED = {"checkpoint.save_last", "datasets.missing_image"}  # now callbacks.last_checkpoint (null turns it off); datasets.bad_image
 REMOVED_IN = {("sroie_ppocr_backbone", "models.encoder.channels")}
 
