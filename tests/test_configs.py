@@ -72,8 +72,8 @@ def test_asf_decoder_switch():
 
 
 def test_page_context_lets_the_coarsest_level_reach_across_the_whole_input():
-    # without it, a change at one corner of the stride-32 features stays within a 3x3 neighbourhood;
-    # with it, every position of the decoder's output sees it, at any input size
+    # without it, a change at one corner of the stride-32 features stays near that corner; with it,
+    # every position of the decoder's output sees it, at any input size; a negative count is refused
     cfg = compose_config("train", ["models.decoder.context_layers=1"])
     model = build_model(cfg.models).eval()
     assert len(model.decoder.context.layers) == 1
@@ -90,6 +90,8 @@ def test_page_context_lets_the_coarsest_level_reach_across_the_whole_input():
             assert before.shape == (1, 128, height * 8, width * 8)
             far_corner = (after - before)[..., -1, -1].abs().max().item()
             assert (far_corner > 1e-5) is reaches, (context_layers, height, width, far_corner)
+    with pytest.raises(ValueError, match="context_layers"):
+        FPNDecoder(in_channels, inner_channels=128, context_layers=-1)
 
 
 def test_optimizer_is_partial_and_scheduler_gets_total_steps():

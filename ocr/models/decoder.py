@@ -86,6 +86,8 @@ class FPNDecoder(nn.Module):
         num_levels = len(in_channels)
         if inner_channels % num_levels:
             raise ValueError(f"inner_channels ({inner_channels}) must be divisible by the {num_levels} levels")
+        if context_layers < 0:
+            raise ValueError(f"context_layers ({context_layers}) must be 0 (off) or a positive number of layers")
         level_channels = inner_channels // num_levels
         self.lateral = nn.ModuleList(nn.Conv2d(c, inner_channels, 1, bias=False) for c in in_channels)
         self.smooth = nn.ModuleList(conv_bn_relu(inner_channels, level_channels) for _ in in_channels)
