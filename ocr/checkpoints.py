@@ -110,9 +110,12 @@ def adopt_architecture(cfg: DictConfig, run_config: dict[str, Any]) -> None:
             with open_dict(cfg.models):
                 cfg.models[key] = stored[key]
     encoder = cfg.models.get("encoder")
-    if isinstance(encoder, DictConfig) and encoder.get("pretrained"):
-        with open_dict(encoder):
-            encoder.pretrained = False
+    # ConcatEncoder's encoders, each of which may be a timm encoder
+    nested = encoder.get("encoders") if isinstance(encoder, DictConfig) else None
+    for block in [encoder, *(nested if isinstance(nested, ListConfig) else [])]:
+        if isinstance(block, DictConfig) and block.get("pretrained"):
+            with open_dict(block):
+                block.pretrained = False
 
 
 def load_weights_into(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:

@@ -142,7 +142,7 @@ def test_a_trained_map_with_text_regions_gives_the_same_polygons_after_export(tr
 
 @pytest.mark.parametrize(
     "family",
-    ["dbnet_plus_plus_with_page_context", "ppocr_backbone", "ppocr_detector"],
+    ["dbnet_plus_plus_with_page_context", "ppocr_backbone", "two_ppocr_backbones", "ppocr_detector"],
 )
 def test_every_encoder_family_exports_with_parity(family, tmp_path, paddle_backbone_onnx, tiny_detector_onnx):
     extra = {
@@ -150,6 +150,9 @@ def test_every_encoder_family_exports_with_parity(family, tmp_path, paddle_backb
         # with PPLCNetV3's exported patterns: the export simplifies them, and is checked against the original
         "ppocr_backbone": ["preset/models/encoder@models.encoder=ppocr_backbone", f"models.encoder.onnx_path={paddle_backbone_onnx}",
                            "models.encoder.feature_names=[f4,f8,f16,f32]"],
+        # side by side (ocr.models.encoder.ConcatEncoder): their features concatenated at each stride
+        "two_ppocr_backbones": ["preset/models/encoder@models.encoder=ppocr_v4_v6_backbones"] + [
+            f"models.encoder.encoders.{i}.{key}" for i in (0, 1) for key in (f"onnx_path={paddle_backbone_onnx}", "feature_names=[f4,f8,f16,f32]")],
         "ppocr_detector": [f"models.network={{_target_:ocr.models.ppocr.PPOCRDetector,onnx_path:'{tiny_detector_onnx}'}}"],
     }[family]  # fmt: skip
     checkpoint = save_untrained_checkpoint(tmp_path / f"{family}.ckpt", [*tiny_run_overrides(tmp_path), *extra])
@@ -157,9 +160,9 @@ def test_every_encoder_family_exports_with_parity(family, tmp_path, paddle_backb
     onnx_path, sidecar = pytorch.export_onnx(tmp_path / f"{family}.onnx")  # checks ONNX Runtime at three shapes itself
     notes = json.loads(sidecar.read_text())
     assert notes["parity"]["max_abs_diff"] <= 1e-4
-    if family.startswith("ppocr"):  # the PP-OCR network's normalisation, in the graph with its RGB -> BGR flip
+    if "ppocr" in family:  # the PP-OCR network's normalisation, in the graph with its RGB -> BGR flip
         assert notes["input"]["mean"] == notes["input"]["std"] == [0.5, 0.5, 0.5]
-    if family == "ppocr_backbone":  # exported simplified: hardswish as one operation, no clip left
+    if family.endswith("backbones") or family == "ppocr_backbone":  # exported simplified: hardswish as one operation, no clip left
         import onnx as onnx_format
 
         operations = {node.op_type for node in onnx_format.load(str(onnx_path)).graph.node}

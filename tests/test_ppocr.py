@@ -364,6 +364,61 @@ def test_the_backbone_preset_asks_the_runner_to_fetch(tmp_path, monkeypatch):
     assert fetch_missing_files(v6) == [Path("pretrained/PP-OCRv6_det_small.onnx")] and fetched_files[1:] == [PPOCRV6_DETECTOR]
 
 
+def test_two_backbones_side_by_side_give_the_decoder_both_features_at_each_stride(tmp_path):
+    from functools import partial
+
+    from ocr.models.dbnet import DBNet
+    from ocr.models.decoder import FPNDecoder
+    from ocr.models.encoder import ConcatEncoder, TimmEncoder
+    from ocr.models.head import DBHead
+
+    names = ["f4", "f8", "f16", "f32"]
+    first = PPOCRBackbone(write_tiny_backbone_detector_onnx(tmp_path / "a.onnx")[0], feature_names=names)
+    second = PPOCRBackbone(write_tiny_backbone_detector_onnx(tmp_path / "b.onnx", widths=(3, 5, 7, 9))[0], feature_names=names)
+    both = ConcatEncoder([first, second])
+    assert both.channels == [7, 11, 15, 19] and both.strides == [4, 8, 16, 32]
+    assert both.model_name == "ppocrv4_det_backbone+ppocrv4_det_backbone" and both.input_mean == first.input_mean
+    images = torch.randn(2, 3, 64, 96)
+    for level, (feature, a, b) in enumerate(zip(both(images), first(images), second(images))):
+        assert feature.shape[1] == both.channels[level]
+        torch.testing.assert_close(feature, torch.cat([a, b], dim=1))
+    # under the recipe's FPN and head, the loss reaches both backbones' weights
+    network = DBNet(both, partial(FPNDecoder, inner_channels=16), partial(DBHead))
+    assert network.input_mean == first.input_mean
+    network(images)["prob_logits"].square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in both.parameters())
+    # the same images must mean the same thing to each, and the levels must line up
+    other_normalisation = PPOCRBackbone(tmp_path / "b.onnx", feature_names=names, bgr_mean=[0.485, 0.456, 0.406])
+    with pytest.raises(ValueError, match="different input normalisations"):
+        ConcatEncoder([first, other_normalisation])
+    resnet = TimmEncoder("resnet18", num_levels=3)  # strides 8-32
+    with pytest.raises(ValueError, match=r"strides differ \(\[\[4, 8, 16, 32\], \[8, 16, 32\]\]\)"):
+        ConcatEncoder([first, resnet])
+    with pytest.raises(ValueError, match="at least two encoders"):
+        ConcatEncoder([first])
+
+
+def test_the_two_backbone_config_builds_and_fetches_each_missing_file(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from ocr.config import compose_config
+    from ocr.factory import build_model
+
+    fetched = []
+    monkeypatch.setattr(pretrained, "fetch", lambda file, destination: fetched.append((file, destination)) or destination)
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_config("train", ["preset=sroie_ppocr_backbone", "preset/models/encoder@models.encoder=ppocr_v4_v6_backbones"])
+    v4, v6 = Path("pretrained/ch_PP-OCRv4_det_infer.onnx"), Path("pretrained/PP-OCRv6_det_small.onnx")
+    assert fetch_missing_files(cfg) == [v4, v6] and fetched == [(PPOCR_DETECTOR, v4), (PPOCRV6_DETECTOR, v6)]
+    # stand-ins for the two files: the model builds with both backbones' widths summed
+    for index, widths in enumerate([(4, 6, 8, 10), (3, 5, 7, 9)]):
+        OmegaConf.update(cfg, f"models.encoder.encoders.{index}.onnx_path", str(write_tiny_backbone_detector_onnx(tmp_path / f"{index}.onnx", widths)[0]))
+        OmegaConf.update(cfg, f"models.encoder.encoders.{index}.feature_names", ["f4", "f8", "f16", "f32"])
+    assert fetch_missing_files(cfg) == [] and len(fetched) == 2
+    model = build_model(cfg.models)
+    assert model.encoder.channels == [7, 11, 15, 19] and model.encoder.model_name == "ppocrv4_v6_det_backbones"
+    assert all(encoder.freeze_batch_norm for encoder in model.encoder.encoders)
+
 @pytest.mark.parametrize("freeze", [True, False])
 def test_timm_encoder_can_keep_its_batch_norm_statistics(freeze):
     from ocr.models.encoder import TimmEncoder
@@ -403,3 +458,16 @@ def test_simplify_for_inference_folds_paddles_patterns_exactly(paddle_backbone_o
     assert not any(simplify_for_inference(plain).values()) and [node.format_node() for node in plain.graph.nodes] == before
     assert not any(simplify_for_inference(torch.nn.Conv2d(3, 3, 1)).values())  # not a graph: left alone
     assert isinstance(network, fx.GraphModule)
+
+
+def test_a_checkpoints_side_by_side_timm_encoders_are_rebuilt_without_downloading_weights():
+    from omegaconf import OmegaConf
+
+    from ocr.checkpoints import adopt_architecture
+
+    timm = {"_target_": "ocr.models.encoder.TimmEncoder", "model_name": "resnet18", "pretrained": True}
+    stored = {"models": {"encoder": {"_target_": "ocr.models.encoder.ConcatEncoder", "encoders": [timm, {**timm, "model_name": "resnet34"}]}}}
+    cfg = OmegaConf.create({"models": {"encoder": {"_target_": "ocr.models.encoder.TimmEncoder", "pretrained": False}}})
+    adopt_architecture(cfg, stored)  # the checkpoint's weights replace ImageNet's, which may be out of reach
+    assert [e.pretrained for e in cfg.models.encoder.encoders] == [False, False]
+    assert [e.model_name for e in cfg.models.encoder.encoders] == ["resnet18", "resnet34"]

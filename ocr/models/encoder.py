@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import timm
 import torch
@@ -64,3 +65,37 @@ class TimmEncoder(FreezableBatchNorm):
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         features = self.model(images)
         return [features[i] for i in self.indices]
+
+
+class ConcatEncoder(torch.nn.Module):
+    """Several encoders side by side on the same images: each feature level is their maps of that
+    level concatenated along the channels, so the decoder sees what every backbone learnt (two
+    pretrained backbones trained on different data, say). They must agree on the strides and on the
+    input normalisation (``input_mean``/``input_std``, which DBNet passes on to the LightningModule);
+    ``model_name`` names the combination in run names and logs."""
+
+    def __init__(self, encoders: Sequence[torch.nn.Module], model_name: str | None = None):
+        super().__init__()
+        encoders = list(encoders)
+        if len(encoders) < 2:
+            raise ValueError(f"ConcatEncoder needs at least two encoders, got {len(encoders)}")
+        strides = [list(encoder.strides) for encoder in encoders]
+        if any(s != strides[0] for s in strides):
+            raise ValueError(f"ConcatEncoder: the encoders' feature strides differ ({strides}); they must be equal")
+        normalisations = {(tuple(getattr(e, "input_mean", ())), tuple(getattr(e, "input_std", ()))) for e in encoders}
+        if len(normalisations) > 1:
+            raise ValueError(
+                f"ConcatEncoder: the encoders expect different input normalisations {sorted(normalisations)}; "
+                "they see the same images, so give them the same input_mean/input_std"
+            )
+        self.encoders = torch.nn.ModuleList(encoders)
+        self.strides = strides[0]
+        self.channels = [sum(int(encoder.channels[level]) for encoder in encoders) for level in range(len(self.strides))]
+        self.model_name = model_name or "+".join(str(getattr(e, "model_name", type(e).__name__)) for e in encoders)
+        mean, std = normalisations.pop()
+        if mean:
+            self.input_mean, self.input_std = mean, std
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        per_encoder = [encoder(images) for encoder in self.encoders]
+        return [torch.cat(level, dim=1) for level in zip(*per_encoder)]
