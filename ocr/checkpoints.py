@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from ocr.config import backbone_blocks
+
 log = logging.getLogger(__name__)
 
 # Parts of the config that define the network's weights: a checkpoint carries them so test
@@ -109,11 +111,8 @@ def adopt_architecture(cfg: DictConfig, run_config: dict[str, Any]) -> None:
                 log.info("Using the checkpoint's models.%s settings: %s", key, stored[key])
             with open_dict(cfg.models):
                 cfg.models[key] = stored[key]
-    encoder = cfg.models.get("encoder")
-    # ConcatEncoder's encoders, each of which may be a timm encoder
-    nested = encoder.get("encoders") if isinstance(encoder, DictConfig) else None
-    for block in [encoder, *(nested if isinstance(nested, ListConfig) else [])]:
-        if isinstance(block, DictConfig) and block.get("pretrained"):
+    for _, block in backbone_blocks(cfg.models.get("encoder"), "models.encoder"):
+        if block.get("pretrained"):
             with open_dict(block):
                 block.pretrained = False
 

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ocr.geometry import round_to_multiple
 
@@ -244,3 +244,14 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("run_id"):
         # cached per composed config: every ${run_id:} of one config is one value
         OmegaConf.register_new_resolver("run_id", run_id, use_cache=True)
+
+
+def backbone_blocks(block: Any, key: str) -> list[tuple[str, DictConfig]]:
+    """``(key, block)`` for a model config block and for each encoder block it combines
+    (``ocr.models.encoder.ConcatEncoder``'s ``encoders``, keyed ``<key>.encoders.<i>``): the blocks
+    that may name pretrained weights to fetch or to skip. Nothing for a block that is not a mapping."""
+    if not isinstance(block, DictConfig):
+        return []
+    nested = block.get("encoders")
+    items = enumerate(nested) if isinstance(nested, ListConfig) else ()
+    return [(key, block)] + [(f"{key}.encoders.{i}", item) for i, item in items if isinstance(item, DictConfig)]

