@@ -28,6 +28,7 @@ from ocr.factory import (
     build_tracking_callbacks,
     build_trainer,
 )
+from ocr.models.batch_norm import frozen_batch_norm_names
 from ocr.pretrained import fetch_missing_files
 from ocr.render import write_error_analysis
 from ocr.submission import check_writable
@@ -209,6 +210,11 @@ def _best_checkpoint_callback(callbacks: list[Callback]) -> ModelCheckpoint | No
 def _train(cfg: DictConfig, loggers: list[Logger], start: StartingWeights | None = None) -> dict[str, float]:
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
+    frozen = frozen_batch_norm_names(module)
+    if frozen:
+        log.info("%d batch norm layer(s) stay in eval mode in training, on their pretrained statistics "
+                 "(models.encoder.freeze_batch_norm): Lightning's warning about modules in eval mode means "
+                 "these: %s", len(frozen), ", ".join(frozen[:4]) + (", ..." if len(frozen) > 4 else ""))
     if start:
         load_weights_into(module, start.checkpoint["state_dict"], start.path)
         _record_starting_model(cfg, loggers, start)

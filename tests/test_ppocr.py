@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import ocr.pretrained as pretrained
+from ocr.models.batch_norm import frozen_batch_norm_names
 from ocr.models.onnx_import import load_logits_network
 from ocr.models.ppocr import PPOCRBackbone, PPOCRDetector
 from ocr.pretrained import PPOCR_DETECTOR, PPOCRV5_DETECTOR, PPOCRV6_DETECTOR, extract, fetch, fetch_missing_files
@@ -111,11 +112,13 @@ def test_batch_norm_keeps_its_pretrained_statistics_while_fine_tuning(tmp_path, 
     assert batch_norm.weight.requires_grad and float(batch_norm.weight.detach()) == 2.0
     detector.train()
     assert detector.training and batch_norm.training is not freeze
+    (name,) = [name for name, m in detector.named_modules() if m is batch_norm]
+    assert frozen_batch_norm_names(detector) == ([name] if freeze else [])
     detector(torch.rand(2, 3, 16, 16) + 3.0)["prob_logits"].mean().backward()
     assert (float(batch_norm.running_mean) == 0.0) is freeze
     assert batch_norm.weight.grad is not None  # its scale and shift train either way
     detector.eval()
-    assert not batch_norm.training
+    assert not batch_norm.training and frozen_batch_norm_names(detector) == []  # nothing held back at inference
 
 
 def test_missing_or_unsuitable_onnx_files_name_the_file_and_the_fix(tmp_path):

@@ -22,6 +22,18 @@ def test_train_fast_dev_run(tiny):
     assert "Generated 9 synthetic receipts" in result.stderr + result.stdout
     assert (root / "fdr" / "config.yaml").is_file()
     assert (root / "fdr" / "submissions" / "submission.csv").is_file()
+    assert "stay in eval mode in training" not in result.stderr + result.stdout  # the example trains every batch norm
+
+
+def test_train_names_the_batch_norm_it_keeps_on_pretrained_statistics(tiny):
+    # Lightning warns about every module in eval mode at the start of fit; the log says which and why
+    root, common = tiny
+    result = run_runner(
+        "train.py", "exp_name=frozen_bn", f"output_dir={root / 'frozen_bn'}", "trainer.fast_dev_run=true",
+        "models.encoder.freeze_batch_norm=true", *common,
+    )
+    line = next(line for line in (result.stderr + result.stdout).splitlines() if "stay in eval mode in training" in line)
+    assert "freeze_batch_norm" in line and "model.encoder.model.bn1" in line, line
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,17 @@ def keep_batch_norm_statistics(module: nn.Module) -> None:
             submodule.eval()
 
 
+def frozen_batch_norm_names(module: nn.Module) -> list[str]:
+    """The batch norm layers of ``module`` in eval mode while ``module`` itself is in training mode:
+    those ``freeze_batch_norm`` holds on their pretrained statistics. Lightning warns at the start of
+    fit about every submodule found in eval mode; the runner names these so that the warning reads
+    as intended."""
+    if not module.training:
+        return []
+    return [name for name, submodule in module.named_modules()
+            if isinstance(submodule, nn.modules.batchnorm._BatchNorm) and not submodule.training]
+
+
 class FreezableBatchNorm(nn.Module):
     """A module whose batch norm stays in eval mode in training when ``freeze_batch_norm`` is set.
 
